@@ -1,0 +1,55 @@
+# Thin wrapper: every target calls the package or a standard tool.
+# `make pipeline` and `make test` create/update .venv from requirements.lock on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+UV_VERSION := 0.13.8
+PROFILE ?= quick
+ARGS ?=
+
+.PHONY: setup pipeline test test-fast lab notebooks lock sample lint clean help
+help:
+	@echo "make pipeline   run every chapter notebook in order (papermill) into runs/<run-id>/"
+	@echo "make test       unit + integration tests, nbval on the notebooks, a quick pipeline run"
+	@echo "make lab        open JupyterLab on notebooks/"
+	@echo "make notebooks  re-execute the committed notebooks in place (refresh their outputs)"
+	@echo "make lock       re-resolve requirements.lock from pyproject.toml"
+	@echo "make sample     regenerate data/sample/ from the committed calibration"
+	@echo "make clean      remove runs/ and the data caches (keeps .venv)"
+
+setup: $(VENV)/.synced
+
+$(VENV)/.synced: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+pipeline: setup
+	$(BIN)/hdb-mlops pipeline run --profile $(PROFILE) $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" tests $(ARGS)
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+notebooks: setup
+	$(BIN)/hdb-mlops notebooks refresh
+
+lock:
+	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 -o requirements.lock
+
+sample: setup
+	$(BIN)/hdb-mlops data sample --out data/sample
+
+lint: setup
+	$(BIN)/ruff check hdb_mlops tests benchmarks scripts
+
+clean:
+	rm -rf runs data/raw data/interim data/processed .pytest_cache

@@ -1,0 +1,247 @@
+"""``hdb-mlops``: the command line over the package's functions.
+
+Every command prints a short human summary, or JSON with ``--json``; errors are one line
+starting with ``error:`` and exit status 2 (usage or data) or 1 (a failed pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hdb_mlops import config
+
+EXIT_ERROR = 2
+
+
+def _print_report(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"rows in:          {report['rows_in']:>10,}")
+    print(f"rows kept:        {report['rows_kept']:>10,}")
+    print(f"rows quarantined: {report['rows_quarantined']:>10,}")
+    for rule, n in report["by_rule"].items():
+        print(f"  {rule:<24}{n:>8,}")
+    print(f"months:           {report['month_min']} .. {report['month_max']}")
+    print(f"reconciles:       {report['reconciles']}")
+
+
+def cmd_data_load(args: argparse.Namespace) -> int:
+    from hdb_mlops.ingest import load_files, resale_files
+
+    paths: list[Path] = []
+    for p in args.paths:
+        paths.extend(resale_files(p) if Path(p).is_dir() else [Path(p)])
+    result = load_files(paths, max_month=args.max_month)
+    if args.quarantine_out:
+        result.quarantine.to_csv(args.quarantine_out, index=False)
+    if args.out:
+        result.frame.to_parquet(args.out, index=False)
+    _print_report(result.report.to_dict(), args.json)
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from hdb_mlops.storage import prepare
+
+    prepared = prepare(args.source, args.data_dir, rows=args.rows, seed=args.seed, force=args.force)
+    if args.json:
+        print(json.dumps(prepared.manifest, indent=2))
+    else:
+        _print_report(prepared.manifest["load"], False)
+        for name, info in prepared.manifest["layers"].items():
+            print(f"{name:<34}{info['rows']:>10,} rows  sha256 {info['sha256'][:12]}")
+        print(f"data hash: {prepared.data_hash[:16]}")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from hdb_mlops.download import download_all
+
+    files = download_all(
+        args.cache_dir, keys=args.datasets or None, base_url=args.base_url, force=args.force
+    )
+    for f in files:
+        origin = "cache" if f.from_cache else "downloaded"
+        print(f"{f.key:<14}{f.bytes:>12,} bytes  sha256 {f.sha256[:12]}  {origin}  {f.path}")
+    return 0
+
+
+def cmd_data_rules(args: argparse.Namespace) -> int:
+    from hdb_mlops.validate import describe_rules
+
+    print(describe_rules().to_string(index=False))
+    return 0
+
+
+def cmd_data_calibrate(args: argparse.Namespace) -> int:
+    from hdb_mlops.calibrate import calibrate_from_file, write_calibration
+
+    real = Path(args.real) if args.real else config.real_data_dir()
+    if real is None:
+        raise FileNotFoundError(
+            f"no real data found: pass --real PATH or set {config.REAL_DATA_ENV}"
+        )
+    if real.is_dir():
+        candidates = sorted(real.glob("latest_hdb_resale_prices.parquet")) or sorted(
+            real.glob("*jan-2017-onwards*")
+        )
+        if not candidates:
+            raise FileNotFoundError(f"{real} has no 2017-onwards resale file")
+        real = candidates[0]
+    path = write_calibration(calibrate_from_file(real), Path(args.out))
+    print(f"calibration written to {path}")
+    return 0
+
+
+def cmd_data_sample(args: argparse.Namespace) -> int:
+    from hdb_mlops.synth import write_sample
+
+    path = write_sample(Path(args.out), n_rows=args.rows, seed=args.seed)
+    print(f"synthetic sample written to {path}")
+    return 0
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    from hdb_mlops.pipeline import parse_parameter, run
+
+    overrides = dict(parse_parameter(p) for p in args.parameter)
+    only = [o for item in args.only for o in item.split(",")] if args.only else None
+    manifest = run(
+        args.profile,
+        overrides,
+        only=only,
+        start=args.start,
+        run_id=args.run_id,
+        runs_dir=Path(args.runs_dir),
+        cell_timeout=args.cell_timeout,
+    )
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        for step in manifest["notebooks"]:
+            print(f"{step['notebook']:<28}{step['status']:<8}{step.get('seconds', 0):>8.1f} s")
+        print(f"run {manifest['run_id']}: {manifest['status']} in {manifest['seconds']:.1f} s")
+        print(f"manifest: {Path(args.runs_dir) / manifest['run_id'] / 'manifest.json'}")
+    return 0
+
+
+def cmd_pipeline_list(args: argparse.Namespace) -> int:
+    from hdb_mlops.pipeline import list_notebooks
+
+    for nb in list_notebooks():
+        print(nb.stem)
+    return 0
+
+
+def cmd_notebooks_refresh(args: argparse.Namespace) -> int:
+    from hdb_mlops.pipeline import refresh_committed
+
+    for nb in refresh_committed(names=args.names or None):
+        print(f"refreshed {nb.name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``hdb-mlops``."""
+    parser = argparse.ArgumentParser(
+        prog="hdb-mlops", description="The hdb-mlops course: data, pipeline and notebooks."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="load, validate, download and sample the resale data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+
+    p = dsub.add_parser("load", help="load and validate resale files; report the row counts")
+    p.add_argument("paths", nargs="+", help="CSV, CSV.gz or parquet files, or folders of them")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quarantine-out", metavar="CSV", help="write the quarantined rows here")
+    p.add_argument("--out", metavar="PARQUET", help="write the normalised valid rows here")
+    p.add_argument("--max-month", metavar="YYYY-MM", help="latest valid month (default: now)")
+    p.set_defaults(func=cmd_data_load)
+
+    p = dsub.add_parser("prepare", help="build the raw -> interim -> processed layers")
+    p.add_argument("--source", default="sample", help="sample | download | a file or folder")
+    p.add_argument("--data-dir", type=Path, default=None, help="layer root (default: data/)")
+    p.add_argument("--rows", type=int, default=None, help="keep a seeded subset of N rows")
+    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = dsub.add_parser("download", help="download the official files from data.gov.sg")
+    p.add_argument("datasets", nargs="*", help="keys (1990-1999 ... 2017-onwards) or ids; default all")
+    p.add_argument("--cache-dir", type=Path, default=config.data_dir() / "raw")
+    p.add_argument("--base-url", default=None, help="API server (default: data.gov.sg)")
+    p.add_argument("--force", action="store_true", help="download even when cached")
+    p.set_defaults(func=cmd_data_download)
+
+    p = dsub.add_parser("rules", help="list the validation rules")
+    p.set_defaults(func=cmd_data_rules)
+
+    p = dsub.add_parser("calibrate", help="compute the sample's aggregates from the real data")
+    p.add_argument("--real", default=None, help="the real 2017+ file or its folder")
+    p.add_argument("--out", default=str(config.CALIBRATION_FILE))
+    p.set_defaults(func=cmd_data_calibrate)
+
+    p = dsub.add_parser("sample", help="generate the synthetic sample from the calibration")
+    p.add_argument("--out", default=str(config.SAMPLE_DIR))
+    p.add_argument("--rows", type=int, default=30_000)
+    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    p.set_defaults(func=cmd_data_sample)
+
+    pipe = sub.add_parser("pipeline", help="run the chapter notebooks in order (papermill)")
+    psub = pipe.add_subparsers(dest="pipeline_command", required=True)
+    p = psub.add_parser("run", help="execute the notebooks into runs/<run-id>/")
+    p.add_argument("--profile", default="quick", help="quick (bundled sample) | full (real data)")
+    p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a notebook parameter (repeatable)")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only these notebooks")
+    p.add_argument("--from", dest="start", metavar="NAME", help="start at this notebook")
+    p.add_argument("--run-id", default=None)
+    p.add_argument("--runs-dir", default=str(config.RUNS_DIR))
+    p.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_pipeline_run)
+    p = psub.add_parser("list", help="the notebooks in pipeline order")
+    p.set_defaults(func=cmd_pipeline_list)
+
+    nbs = sub.add_parser("notebooks", help="maintain the committed notebooks")
+    nsub = nbs.add_subparsers(dest="notebooks_command", required=True)
+    p = nsub.add_parser("refresh", help="re-execute the notebooks in place (their committed outputs)")
+    p.add_argument("names", nargs="*", help="notebook name prefixes (default: all)")
+    p.set_defaults(func=cmd_notebooks_refresh)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hdb-mlops`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from hdb_mlops.ingest import DataFormatError
+    from hdb_mlops.pipeline import PipelineError
+
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except RuntimeError as exc:  # DownloadError and friends
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

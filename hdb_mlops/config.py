@@ -1,0 +1,40 @@
+"""Paths and defaults shared by the package, the CLI and the notebooks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: The project checkout (the package is installed editable from it).
+PROJECT_DIR = PACKAGE_DIR.parent
+RESOURCES_DIR = PACKAGE_DIR / "resources"
+NOTEBOOKS_DIR = PROJECT_DIR / "notebooks"
+RUNS_DIR = PROJECT_DIR / "runs"
+DATA_DIR = PROJECT_DIR / "data"
+SAMPLE_DIR = DATA_DIR / "sample"
+SAMPLE_FILE = SAMPLE_DIR / "resale-flat-prices-sample.csv"
+CALIBRATION_FILE = RESOURCES_DIR / "calibration.json"
+
+#: Environment variable naming a folder with the real data.gov.sg resale files.
+REAL_DATA_ENV = "HDB_MLOPS_REAL_DATA"
+DEFAULT_SEED = 42
+
+
+def data_dir() -> Path:
+    """Root of the raw/interim/processed layers (``HDB_MLOPS_DATA_DIR`` or ``data/``)."""
+    return Path(os.environ.get("HDB_MLOPS_DATA_DIR", DATA_DIR))
+
+
+def real_data_dir() -> Path | None:
+    """The folder with the real resale files, or None when there is none on this machine.
+
+    Looks at ``$HDB_MLOPS_REAL_DATA`` first, then at ``../shared/data/hdb`` beside the checkout.
+    """
+    env = os.environ.get(REAL_DATA_ENV)
+    candidates = [Path(env)] if env else []
+    candidates.append(PROJECT_DIR.parent / "shared" / "data" / "hdb")
+    for path in candidates:
+        if path.is_dir() and any(path.glob("*resale*")):
+            return path
+    return None

@@ -1,0 +1,116 @@
+"""The official HDB resale schema: columns, known values and the five data.gov.sg datasets.
+
+Everything here is a fact about the published data (collection 189 on data.gov.sg), kept in
+one place so the loader, the validator, the sample generator and the download client agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Columns every resale file has, in the official order.
+BASE_COLUMNS: tuple[str, ...] = (
+    "month",
+    "town",
+    "flat_type",
+    "block",
+    "street_name",
+    "storey_range",
+    "floor_area_sqm",
+    "flat_model",
+    "lease_commence_date",
+    "resale_price",
+)
+#: Present from January 2015 onwards only (integer years in 2015-2016, "NN years NN months" after).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("remaining_lease",)
+#: The column order of the Jan-2017-onwards file (the schema of the bundled sample).
+OFFICIAL_2017_COLUMNS: tuple[str, ...] = (*BASE_COLUMNS[:9], "remaining_lease", "resale_price")
+ALL_COLUMNS: frozenset[str] = frozenset(BASE_COLUMNS) | frozenset(OPTIONAL_COLUMNS)
+
+#: The 27 towns that appear in the resale data since 1990 (LIM CHU KANG only before 2000).
+TOWNS: tuple[str, ...] = (
+    "ANG MO KIO", "BEDOK", "BISHAN", "BUKIT BATOK", "BUKIT MERAH", "BUKIT PANJANG",
+    "BUKIT TIMAH", "CENTRAL AREA", "CHOA CHU KANG", "CLEMENTI", "GEYLANG", "HOUGANG",
+    "JURONG EAST", "JURONG WEST", "KALLANG/WHAMPOA", "LIM CHU KANG", "MARINE PARADE",
+    "PASIR RIS", "PUNGGOL", "QUEENSTOWN", "SEMBAWANG", "SENGKANG", "SERANGOON", "TAMPINES",
+    "TOA PAYOH", "WOODLANDS", "YISHUN",
+)  # fmt: skip
+
+#: Flat types after normalisation ("MULTI GENERATION" of the 1990s file becomes "MULTI-GENERATION").
+FLAT_TYPES: tuple[str, ...] = (
+    "1 ROOM", "2 ROOM", "3 ROOM", "4 ROOM", "5 ROOM", "EXECUTIVE", "MULTI-GENERATION",
+)  # fmt: skip
+FLAT_TYPE_ALIASES: dict[str, str] = {"MULTI GENERATION": "MULTI-GENERATION"}
+
+#: Length of an HDB lease in years.
+LEASE_YEARS = 99
+#: First month of the published data.
+FIRST_MONTH = "1990-01"
+
+# Plausibility bounds used by the validation rules (they are far outside the real data's range:
+# prices 5,000-1,728,000, floor areas 28-367 sqm, lease years 1966-2022).
+PRICE_RANGE: tuple[float, float] = (5_000.0, 5_000_000.0)
+FLOOR_AREA_RANGE: tuple[float, float] = (20.0, 400.0)
+LEASE_YEAR_MIN = 1960
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One of the five resale datasets of data.gov.sg collection 189."""
+
+    key: str
+    dataset_id: str
+    title: str
+    first_month: str
+    last_month: str | None  # None: still published monthly
+    date_basis: str  # "approval" or "registration"
+    has_remaining_lease: bool
+    file_stem: str  # the official CSV file name without ".csv"
+
+
+COLLECTION_ID = 189
+
+DATASETS: tuple[Dataset, ...] = (
+    Dataset(
+        "1990-1999", "d_ebc5ab87086db484f88045b47411ebc5",
+        "Resale flat prices (based on approval date), 1990 - 1999",
+        "1990-01", "1999-12", "approval", False,
+        "resale-flat-prices-based-on-approval-date-1990-1999",
+    ),
+    Dataset(
+        "2000-2012", "d_43f493c6c50d54243cc1eab0df142d6a",
+        "Resale flat prices (based on approval date), 2000 - Feb 2012",
+        "2000-01", "2012-02", "approval", False,
+        "resale-flat-prices-based-on-approval-date-2000-feb-2012",
+    ),
+    Dataset(
+        "2012-2014", "d_2d5ff9ea31397b66239f245f57751537",
+        "Resale flat prices (based on registration date), from Mar 2012 to Dec 2014",
+        "2012-03", "2014-12", "registration", False,
+        "resale-flat-prices-based-on-registration-date-from-mar-2012-to-dec-2014",
+    ),
+    Dataset(
+        "2015-2016", "d_ea9ed51da2787afaf8e51f827c304208",
+        "Resale flat prices (based on registration date), from Jan 2015 to Dec 2016",
+        "2015-01", "2016-12", "registration", True,
+        "resale-flat-prices-based-on-registration-date-from-jan-2015-to-dec-2016",
+    ),
+    Dataset(
+        "2017-onwards", "d_8b84c4ee58e3cfc0ece0d773c8ca6abc",
+        "Resale flat prices (based on registration date), from Jan 2017 onwards",
+        "2017-01", None, "registration", True,
+        "resale-flat-prices-based-on-registration-date-from-jan-2017-onwards",
+    ),
+)  # fmt: skip
+
+
+def dataset(key_or_id: str) -> Dataset:
+    """Return the dataset with this key ("2017-onwards") or data.gov.sg id ("d_8b84...").
+
+    Raises KeyError naming the valid keys when there is none.
+    """
+    for ds in DATASETS:
+        if key_or_id in (ds.key, ds.dataset_id):
+            return ds
+    keys = ", ".join(ds.key for ds in DATASETS)
+    raise KeyError(f"unknown dataset {key_or_id!r}: use one of {keys} or a data.gov.sg dataset id")
