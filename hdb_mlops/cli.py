@@ -118,6 +118,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
         start=args.start,
         run_id=args.run_id,
         runs_dir=Path(args.runs_dir),
+        notebooks_dir=Path(args.notebooks_dir),
         cell_timeout=args.cell_timeout,
     )
     if args.json:
@@ -133,7 +134,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
 def cmd_pipeline_list(args: argparse.Namespace) -> int:
     from hdb_mlops.pipeline import list_notebooks
 
-    for nb in list_notebooks():
+    for nb in list_notebooks(Path(args.notebooks_dir)):
         print(nb.stem)
     return 0
 
@@ -175,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_prepare)
 
     p = dsub.add_parser("download", help="download the official files from data.gov.sg")
-    p.add_argument("datasets", nargs="*", help="keys (1990-1999 ... 2017-onwards) or ids; default all")
+    p.add_argument(
+        "datasets", nargs="*", help="keys (1990-1999 ... 2017-onwards) or ids; default all"
+    )
     p.add_argument("--cache-dir", type=Path, default=config.data_dir() / "raw")
     p.add_argument("--base-url", default=None, help="API server (default: data.gov.sg)")
     p.add_argument("--force", action="store_true", help="download even when cached")
@@ -199,21 +202,35 @@ def build_parser() -> argparse.ArgumentParser:
     psub = pipe.add_subparsers(dest="pipeline_command", required=True)
     p = psub.add_parser("run", help="execute the notebooks into runs/<run-id>/")
     p.add_argument("--profile", default="quick", help="quick (bundled sample) | full (real data)")
-    p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a notebook parameter (repeatable)")
+    p.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a notebook parameter (repeatable)",
+    )
     p.add_argument("--only", action="append", metavar="NAME", help="run only these notebooks")
     p.add_argument("--from", dest="start", metavar="NAME", help="start at this notebook")
     p.add_argument("--run-id", default=None)
     p.add_argument("--runs-dir", default=str(config.RUNS_DIR))
+    p.add_argument(
+        "--notebooks-dir",
+        default=str(config.NOTEBOOKS_DIR),
+        help="run the numbered notebooks of this folder (e.g. a workshop's copies)",
+    )
     p.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_pipeline_run)
     p = psub.add_parser("list", help="the notebooks in pipeline order")
+    p.add_argument("--notebooks-dir", default=str(config.NOTEBOOKS_DIR))
     p.set_defaults(func=cmd_pipeline_list)
 
     nbs = sub.add_parser("notebooks", help="maintain the committed notebooks")
     nsub = nbs.add_subparsers(dest="notebooks_command", required=True)
-    p = nsub.add_parser("refresh", help="re-execute the notebooks in place (their committed outputs)")
+    p = nsub.add_parser(
+        "refresh", help="re-execute the notebooks in place (their committed outputs)"
+    )
     p.add_argument("names", nargs="*", help="notebook name prefixes (default: all)")
     p.set_defaults(func=cmd_notebooks_refresh)
     return parser

@@ -177,7 +177,13 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     bad: list[tuple[int | None, str]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
-        bad.append((row.number, f"expected {row.expected_columns} fields, found {row.actual_columns}", row.text))
+        bad.append(
+            (
+                row.number,
+                f"expected {row.expected_columns} fields, found {row.actual_columns}",
+                row.text,
+            )
+        )
         return "skip"
 
     try:
@@ -200,7 +206,10 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "raw_line": [t for _, _, t in bad],
             "source_row": [n if n is not None else -1 for n, _, _ in bad],
             "rule": "field_count",
-            "reason": [f"field_count: {msg}; the line is truncated or has stray commas" for _, msg, _ in bad],
+            "reason": [
+                f"field_count: {msg}; the line is truncated or has stray commas"
+                for _, msg, _ in bad
+            ],
         }
     )
     return raw, invalid
@@ -265,6 +274,7 @@ def parse_fields(raw: pd.DataFrame) -> pd.DataFrame:
         else pd.Series(np.nan, index=raw.index)
     )
     derived = derive_remaining_lease(out["month"], out["lease_commence_date"])
+    out["remaining_lease_reported"] = reported
     out["remaining_lease_months"] = reported.fillna(derived)
     out["remaining_lease_derived"] = reported.isna()
     out["resale_price"] = parse_number(raw["resale_price"])
@@ -339,7 +349,9 @@ def load_files(paths: Iterable[Path | str], *, max_month: str | None = None) -> 
     if not results:
         raise DataFormatError("no resale files given")
     frame = pd.concat([r.frame for r in results], ignore_index=True)
-    frame = frame.sort_values(["month", "source_file", "source_row"], kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(["month", "source_file", "source_row"], kind="stable").reset_index(
+        drop=True
+    )
     for col in ("town", "flat_type", "flat_model", "source_file"):
         frame[col] = frame[col].astype("str")
     quarantine = pd.concat([r.quarantine for r in results], ignore_index=True)

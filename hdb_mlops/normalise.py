@@ -27,7 +27,11 @@ def on_unique(values: pd.Series, parse: Callable[[pd.Series], pd.Series | pd.Dat
     """
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     parsed = parse(pd.Series(uniques, dtype=values.dtype if len(uniques) else "str"))
-    taken = parsed.iloc[np.where(codes < 0, 0, codes)] if len(parsed) else parsed.reindex(range(len(codes)))
+    taken = (
+        parsed.iloc[np.where(codes < 0, 0, codes)]
+        if len(parsed)
+        else parsed.reindex(range(len(codes)))
+    )
     taken = taken.set_axis(values.index, axis=0)
     missing = codes < 0
     if missing.any():
@@ -42,12 +46,16 @@ def clean_text(values: pd.Series) -> pd.Series:
 
 def normalise_flat_type(values: pd.Series) -> pd.Series:
     """Upper-case and unify spellings ("MULTI GENERATION" -> "MULTI-GENERATION")."""
-    return on_unique(values.astype("str"), lambda u: u.str.strip().str.upper().replace(FLAT_TYPE_ALIASES))
+    return on_unique(
+        values.astype("str"), lambda u: u.str.strip().str.upper().replace(FLAT_TYPE_ALIASES)
+    )
 
 
 def parse_number(values: pd.Series) -> pd.Series:
     """A number from text (surrounding spaces allowed); NaN when it is not one."""
-    return on_unique(values, lambda u: pd.to_numeric(u.str.strip(), errors="coerce").astype("float64"))
+    return on_unique(
+        values, lambda u: pd.to_numeric(u.str.strip(), errors="coerce").astype("float64")
+    )
 
 
 def parse_month(values: pd.Series) -> pd.Series:
@@ -114,7 +122,7 @@ def derive_remaining_lease(month: pd.Series, lease_commence_year: pd.Series) -> 
 
 
 def format_remaining_lease(months: pd.Series) -> pd.Series:
-    """Write months in the 2017+ file's style: "61 years 04 months", "62 years 01 month", "62 years"."""
+    """Months as the 2017+ file writes them: "61 years 04 months", "62 years 01 month"."""
     months = months.astype("int64")
     years, rest = months // 12, months % 12
     out = years.astype("str") + " years"

@@ -27,10 +27,20 @@ log = logging.getLogger(__name__)
 #: Parameters each profile passes to every notebook (a notebook ignores those it does not use).
 PROFILES: dict[str, dict[str, Any]] = {
     # The bundled synthetic sample: runs anywhere, offline, in a few minutes.
-    "quick": {"profile": "quick", "data_source": "sample", "rows": None, "seed": config.DEFAULT_SEED},
+    "quick": {
+        "profile": "quick",
+        "data_source": "sample",
+        "rows": None,
+        "seed": config.DEFAULT_SEED,
+    },
     # The real data.gov.sg files (downloaded once into data/raw, or a folder given with
     # -p data_source=PATH).
-    "full": {"profile": "full", "data_source": "download", "rows": None, "seed": config.DEFAULT_SEED},
+    "full": {
+        "profile": "full",
+        "data_source": "download",
+        "rows": None,
+        "seed": config.DEFAULT_SEED,
+    },
 }
 DEFAULT_CELL_TIMEOUT = 900
 
@@ -66,7 +76,9 @@ def select(
         chosen = [p for p in notebooks if any(p.stem.startswith(o) for o in only)]
         unknown = [o for o in only if not any(n.startswith(o) for n in names)]
         if unknown:
-            raise PipelineError(f"no notebook matches {', '.join(unknown)}; notebooks: {', '.join(names)}")
+            raise PipelineError(
+                f"no notebook matches {', '.join(unknown)}; notebooks: {', '.join(names)}"
+            )
         return chosen
     if start:
         for i, name in enumerate(names):
@@ -95,11 +107,18 @@ def git_commit(project_dir: Path = config.PROJECT_DIR) -> dict[str, Any]:
     """The checkout's commit and whether it has uncommitted changes (None outside git)."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=project_dir, capture_output=True, text=True, check=True,
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         return {"commit": sha, "dirty": bool(dirty)}
     except (OSError, subprocess.CalledProcessError):
@@ -111,18 +130,25 @@ def new_run_id(profile: str) -> str:
     return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{profile}"
 
 
+PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
+
+
 def _failed_cell(output: Path) -> dict[str, Any]:
-    """Index, source and error of the cell papermill marked as failed in an executed notebook."""
+    """Index (as in the source notebook), source and error of the cell that failed."""
     try:
         nb = nbformat.read(output, as_version=4)
     except (OSError, ValueError):
         return {}
-    for index, cell in enumerate(nb.cells):
-        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+    # Papermill adds cells (injected parameters, error banners): count only the notebook's own.
+    own = [c for c in nb.cells if not PAPERMILL_TAGS & set(c.get("metadata", {}).get("tags", []))]
+    for index, cell in enumerate(own):
+        marked = cell.get("metadata", {}).get("papermill", {}).get("exception")
+        if marked or any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
             errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
             err = errors[0] if errors else {}
             return {
                 "cell_index": index,
+                "execution_count": cell.get("execution_count"),
                 "cell_source": cell.source[:300],
                 "ename": err.get("ename"),
                 "evalue": err.get("evalue"),
@@ -146,6 +172,35 @@ def ensure_kernel() -> None:
         os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(share), paths) if p)
 
 
+def _kernel_manager_class(stderr: Any = None):
+    """A kernel manager that talks to the kernel over local IPC sockets, not TCP ports, and
+    sends the kernel's own stderr (its log) to ``stderr`` when given."""
+    import tempfile
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = str(Path(tempfile.gettempdir()) / f"hdb-mlops-kernel-{uuid.uuid4().hex[:12]}")
+
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            if stderr is not None:
+                kw["stderr"] = stderr
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return IPCKernelManager
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned in the notebook's cell tagged ``parameters``."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
 def run_notebook(
     notebook: Path, output: Path, parameters: dict[str, Any], *, cell_timeout: int, run_dir: Path
 ) -> StepResult:
@@ -153,9 +208,14 @@ def run_notebook(
     import papermill
 
     ensure_kernel()
+    declared = declared_parameters(notebook)
+    parameters = {k: v for k, v in parameters.items() if k in declared}
     start = time.perf_counter()
     env_before = os.environ.get("HDB_MLOPS_RUN_DIR")
     os.environ["HDB_MLOPS_RUN_DIR"] = str(run_dir)
+    kernel_log = run_dir / "logs" / f"{notebook.stem}.kernel.log"
+    kernel_log.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(kernel_log, "wb")  # noqa: SIM115 - closed in finally
     try:
         papermill.execute_notebook(
             str(notebook),
@@ -166,13 +226,19 @@ def run_notebook(
             progress_bar=False,
             log_output=False,
             kernel_name="python3",
+            kernel_manager_class=_kernel_manager_class(log_file),
         )
     except Exception as exc:
         error = _failed_cell(output)
+        if "Timeout" in type(exc).__name__:
+            error["ename"] = type(exc).__name__
+            error["evalue"] = f"the cell ran longer than the cell timeout of {cell_timeout} s"
         error.setdefault("ename", type(exc).__name__)
         error.setdefault("evalue", str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
+        error["kernel_log"] = str(kernel_log)
         return StepResult(notebook.stem, "failed", time.perf_counter() - start, str(output), error)
     finally:
+        log_file.close()
         if env_before is None:
             os.environ.pop("HDB_MLOPS_RUN_DIR", None)
         else:
@@ -204,6 +270,13 @@ def run(
     run_dir = (Path(runs_dir) / run_id).resolve()
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     parameters = {**PROFILES[profile], **(overrides or {}), "run_dir": str(run_dir)}
+    known = set().union(*(declared_parameters(nb) for nb in notebooks))
+    unused = sorted(set(overrides or {}) - known)
+    if unused:
+        raise PipelineError(
+            f"no notebook has a parameter named {', '.join(unused)}; "
+            f"the parameters are {', '.join(sorted(known))}"
+        )
     manifest: dict[str, Any] = {
         "run_id": run_id,
         "profile": profile,
@@ -222,7 +295,9 @@ def run(
             continue
         log.info("running %s", notebook.name)
         output = run_dir / "notebooks" / notebook.name
-        step = run_notebook(notebook, output, parameters, cell_timeout=cell_timeout, run_dir=run_dir)
+        step = run_notebook(
+            notebook, output, parameters, cell_timeout=cell_timeout, run_dir=run_dir
+        )
         step.figures = keyfigures.collect(run_dir).get(notebook.stem, {})
         manifest["notebooks"].append(
             {
@@ -245,16 +320,21 @@ def run(
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     if failure is not None:
         err = failure.error or {}
+        count = err.get("execution_count")
+        where = f"cell {err.get('cell_index', '?')}" + (f" (In [{count}])" if count else "")
         raise PipelineError(
-            f"notebook {failure.notebook} failed at cell {err.get('cell_index', '?')}: "
+            f"notebook {failure.notebook} failed at {where}: "
             f"{err.get('ename')}: {err.get('evalue')}\n"
             f"executed notebook kept at {failure.output}\nmanifest: {manifest_path}"
         )
     return manifest
 
 
-def refresh_committed(notebooks_dir: Path = config.NOTEBOOKS_DIR, names: list[str] | None = None,
-                      cell_timeout: int = DEFAULT_CELL_TIMEOUT) -> list[Path]:
+def refresh_committed(
+    notebooks_dir: Path = config.NOTEBOOKS_DIR,
+    names: list[str] | None = None,
+    cell_timeout: int = DEFAULT_CELL_TIMEOUT,
+) -> list[Path]:
     """Re-execute the committed notebooks in place with their default parameters, then strip
     volatile metadata, so the outputs in git are exactly what nbval will reproduce."""
     import papermill
@@ -264,8 +344,13 @@ def refresh_committed(notebooks_dir: Path = config.NOTEBOOKS_DIR, names: list[st
     for notebook in notebooks:
         log.info("refreshing %s", notebook.name)
         papermill.execute_notebook(
-            str(notebook), str(notebook), cwd=str(notebook.parent),
-            execution_timeout=cell_timeout, progress_bar=False, kernel_name="python3",
+            str(notebook),
+            str(notebook),
+            cwd=str(notebook.parent),
+            execution_timeout=cell_timeout,
+            progress_bar=False,
+            kernel_name="python3",
+            kernel_manager_class=_kernel_manager_class(),
         )
         strip_volatile_metadata(notebook)
     return notebooks

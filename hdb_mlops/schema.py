@@ -114,3 +114,21 @@ def dataset(key_or_id: str) -> Dataset:
             return ds
     keys = ", ".join(ds.key for ds in DATASETS)
     raise KeyError(f"unknown dataset {key_or_id!r}: use one of {keys} or a data.gov.sg dataset id")
+
+
+def datasets_table():
+    """The five datasets as a DataFrame (for notebooks and ``hdb-mlops data download --help``)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "key": ds.key,
+                "dataset id": ds.dataset_id,
+                "months": f"{ds.first_month} .. {ds.last_month or 'latest'}",
+                "month is the": f"{ds.date_basis} date",
+                "remaining_lease": "yes" if ds.has_remaining_lease else "derived",
+            }
+            for ds in DATASETS
+        ]
+    )

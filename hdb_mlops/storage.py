@@ -58,7 +58,9 @@ class Prepared:
         return pd.read_parquet(self.path(INTERIM_QUARANTINE))
 
 
-def resolve_source(source: str | Path, data_dir: Path | None = None, **download_kwargs) -> list[Path]:
+def resolve_source(
+    source: str | Path, data_dir: Path | None = None, **download_kwargs
+) -> list[Path]:
     """Input files for a data source: ``sample``, ``download``, a file or a folder of files.
 
     ``download`` fetches the five data.gov.sg files into ``<data_dir>/raw`` (cached).
@@ -97,9 +99,9 @@ def add_derived_columns(frame: pd.DataFrame) -> pd.DataFrame:
     out["price_per_sqm"] = out["resale_price"] / out["floor_area_sqm"]
     out["flat_age_years"] = (out["year"] - out["lease_commence_date"]).astype("int16")
     first = pd.Period("1990-01", freq="M")
-    out["months_since_1990"] = ((out["month"].dt.year - first.year) * 12 + out["month"].dt.month - 1).astype(
-        "int16"
-    )
+    out["months_since_1990"] = (
+        (out["month"].dt.year - first.year) * 12 + out["month"].dt.month - 1
+    ).astype("int16")
     return out
 
 

@@ -53,6 +53,12 @@ def _which(mask: pd.DataFrame) -> pd.Series:
     return mask.apply(lambda row: ", ".join(row.index[row.to_numpy()]), axis=1)
 
 
+def _given_lease(raw: pd.DataFrame) -> pd.Series:
+    if "remaining_lease" not in raw:
+        return pd.Series(False, index=raw.index)
+    return raw["remaining_lease"].str.strip() != ""
+
+
 def _out_of(values: pd.Series, low: float, high: float) -> pd.Series:
     return values.isna() | (values < low) | (values > high)
 
@@ -62,8 +68,9 @@ RULES: tuple[Rule, ...] = (
         "utf8",
         "every field is valid UTF-8",
         lambda raw, p, ctx: _bad_utf8(raw).any(axis=1),
-        lambda raw, p: "invalid UTF-8 bytes in " + _which(_bad_utf8(raw))
-        + "; save the file as UTF-8",
+        lambda raw, p: (
+            "invalid UTF-8 bytes in " + _which(_bad_utf8(raw)) + "; save the file as UTF-8"
+        ),
     ),
     Rule(
         "required_values",
@@ -93,55 +100,76 @@ RULES: tuple[Rule, ...] = (
         "flat_type_known",
         "flat_type is 1 ROOM .. 5 ROOM, EXECUTIVE or MULTI-GENERATION",
         lambda raw, p, ctx: ~p["flat_type"].isin(FLAT_TYPES),
-        lambda raw, p: "flat_type=" + _q(raw["flat_type"]) + " is not one of " + ", ".join(FLAT_TYPES),
+        lambda raw, p: (
+            "flat_type=" + _q(raw["flat_type"]) + " is not one of " + ", ".join(FLAT_TYPES)
+        ),
     ),
     Rule(
         "storey_pattern",
         "storey_range is 'NN TO NN' with low <= high",
-        lambda raw, p, ctx: p["storey_low"].isna()
-        | (p["storey_low"] < 1)
-        | (p["storey_low"] > p["storey_high"]),
+        lambda raw, p, ctx: (
+            p["storey_low"].isna() | (p["storey_low"] < 1) | (p["storey_low"] > p["storey_high"])
+        ),
         lambda raw, p: "storey_range=" + _q(raw["storey_range"]) + " is not like '10 TO 12'",
     ),
     Rule(
         "floor_area_range",
         f"floor_area_sqm is a number in {FLOOR_AREA_RANGE[0]:g}..{FLOOR_AREA_RANGE[1]:g}",
         lambda raw, p, ctx: _out_of(p["floor_area_sqm"], *FLOOR_AREA_RANGE),
-        lambda raw, p: "floor_area_sqm=" + _q(raw["floor_area_sqm"])
-        + f" is not a number in {FLOOR_AREA_RANGE[0]:g}..{FLOOR_AREA_RANGE[1]:g}",
+        lambda raw, p: (
+            "floor_area_sqm="
+            + _q(raw["floor_area_sqm"])
+            + f" is not a number in {FLOOR_AREA_RANGE[0]:g}..{FLOOR_AREA_RANGE[1]:g}"
+        ),
     ),
     Rule(
         "price_range",
         f"resale_price is a number in {PRICE_RANGE[0]:,.0f}..{PRICE_RANGE[1]:,.0f}",
         lambda raw, p, ctx: _out_of(p["resale_price"], *PRICE_RANGE),
-        lambda raw, p: "resale_price=" + _q(raw["resale_price"])
-        + f" is not a number in {PRICE_RANGE[0]:,.0f}..{PRICE_RANGE[1]:,.0f}",
+        lambda raw, p: (
+            "resale_price="
+            + _q(raw["resale_price"])
+            + f" is not a number in {PRICE_RANGE[0]:,.0f}..{PRICE_RANGE[1]:,.0f}"
+        ),
     ),
     Rule(
         "lease_year_range",
         f"lease_commence_date is a year from {LEASE_YEAR_MIN} to the current year",
         lambda raw, p, ctx: _out_of(p["lease_commence_date"], LEASE_YEAR_MIN, ctx["max_year"]),
-        lambda raw, p: "lease_commence_date=" + _q(raw["lease_commence_date"])
-        + f" is not a year from {LEASE_YEAR_MIN} to this year",
+        lambda raw, p: (
+            "lease_commence_date="
+            + _q(raw["lease_commence_date"])
+            + f" is not a year from {LEASE_YEAR_MIN} to this year"
+        ),
     ),
     Rule(
         "lease_before_sale",
         "the lease starts no later than the year after the sale",
         lambda raw, p, ctx: p["lease_commence_date"] > p["month"].dt.year + 1,
-        lambda raw, p: "lease_commence_date=" + _q(raw["lease_commence_date"])
-        + " is more than a year after the sale month " + raw["month"].astype("str"),
+        lambda raw, p: (
+            "lease_commence_date="
+            + _q(raw["lease_commence_date"])
+            + " is more than a year after the sale month "
+            + raw["month"].astype("str")
+        ),
     ),
     Rule(
         "remaining_lease_format",
         "remaining_lease, where given, is 'NN years NN months' or whole years, up to 99",
         lambda raw, p, ctx: (
-            (p["remaining_lease_months"].isna() & p["month"].notna())
+            (_given_lease(raw) & p["remaining_lease_reported"].isna())
             | (p["remaining_lease_months"] > LEASE_YEARS * 12)
             | (p["remaining_lease_months"] < 0)
         ),
-        lambda raw, p: "remaining_lease="
-        + _q(raw["remaining_lease"] if "remaining_lease" in raw else pd.Series("", index=raw.index))
-        + " is not like '61 years 04 months'",
+        lambda raw, p: (
+            "remaining_lease="
+            + _q(
+                raw["remaining_lease"]
+                if "remaining_lease" in raw
+                else pd.Series("", index=raw.index)
+            )
+            + " is not like '61 years 04 months'"
+        ),
     ),
 )
 
@@ -156,7 +184,7 @@ def describe_rules() -> pd.DataFrame:
 
 
 def check(raw: pd.DataFrame, parsed: pd.DataFrame, *, max_month: str | None = None) -> pd.DataFrame:
-    """Rows that break at least one rule: a frame indexed like ``raw`` with ``rule`` and ``reason``."""
+    """Rows that break at least one rule, indexed like ``raw``, with ``rule`` and ``reason``."""
     max_period = pd.Period(max_month or pd.Timestamp.now().strftime("%Y-%m"), freq="M")
     ctx = {
         "first_month": pd.Period(FIRST_MONTH, freq="M"),

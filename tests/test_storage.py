@@ -1,0 +1,67 @@
+"""The data layers: parquet files with a manifest of rows and sha256, reused when unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from hdb_mlops import storage
+from hdb_mlops.examples import write_broken_example
+from hdb_mlops.ingest import sha256_file
+
+
+@pytest.fixture()
+def source(tmp_path):
+    return write_broken_example(tmp_path / "in")
+
+
+def test_prepare_writes_layers_with_a_manifest_that_matches_the_files(tmp_path, source):
+    prepared = storage.prepare(source, tmp_path / "data", max_month="2026-07")
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest == prepared.manifest
+    assert manifest["load"]["rows_in"] == 8
+    assert manifest["load"]["rows_kept"] + manifest["load"]["rows_quarantined"] == 8
+    for name, info in manifest["layers"].items():
+        path = tmp_path / "data" / name
+        assert info["sha256"] == sha256_file(path), name
+        assert info["rows"] == len(pd.read_parquet(path)), name
+    assert manifest["inputs"][0]["sha256"] == sha256_file(source)
+    quarantine_csv = pd.read_csv(tmp_path / "data" / storage.QUARANTINE_CSV)
+    assert len(quarantine_csv) == manifest["load"]["rows_quarantined"] == 5
+    processed = prepared.transactions()
+    assert {"year", "price_per_sqm", "flat_age_years", "months_since_1990"} <= set(
+        processed.columns
+    )
+    assert processed["price_per_sqm"].iloc[0] == pytest.approx(380000 / 67)
+
+
+def test_prepare_is_idempotent_and_notices_changes(tmp_path, source):
+    first = storage.prepare(source, tmp_path / "data", max_month="2026-07")
+    layer = tmp_path / "data" / storage.PROCESSED_TRANSACTIONS
+    stamp = layer.stat().st_mtime_ns
+    again = storage.prepare(source, tmp_path / "data", max_month="2026-07")
+    assert again.data_hash == first.data_hash
+    assert layer.stat().st_mtime_ns == stamp  # reused, not rewritten
+
+    fewer = storage.prepare(source, tmp_path / "data", rows=2, max_month="2026-07")
+    assert fewer.data_hash != first.data_hash
+    assert len(fewer.transactions()) == 2
+    assert fewer.manifest["load"]["rows_kept"] == 3  # the report still covers every row
+
+    source.write_text(source.read_text().replace("380000", "381000"))
+    changed = storage.prepare(source, tmp_path / "data", max_month="2026-07")
+    assert changed.data_hash != first.data_hash
+
+
+def test_prepare_sample_source_is_the_bundled_file(tmp_path):
+    prepared = storage.prepare("sample", tmp_path / "data")
+    assert prepared.manifest["inputs"][0]["name"] == "resale-flat-prices-sample.csv"
+    assert prepared.report.rows_in == 30_000
+    assert prepared.report.reconciles
+
+
+def test_unknown_source_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither 'sample', 'download'"):
+        storage.prepare(tmp_path / "nope", tmp_path / "data")
