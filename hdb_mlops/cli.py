@@ -79,20 +79,15 @@ def cmd_data_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_data_calibrate(args: argparse.Namespace) -> int:
-    from hdb_mlops.calibrate import calibrate_from_file, write_calibration
+    from hdb_mlops.calibrate import calibrate_from_file, find_real_file, write_calibration
 
-    real = Path(args.real) if args.real else config.real_data_dir()
+    real = Path(args.real) if args.real else None
+    if real is None or real.is_dir():
+        real = find_real_file(real)
     if real is None:
         raise FileNotFoundError(
-            f"no real data found: pass --real PATH or set {config.REAL_DATA_ENV}"
+            f"no real 2017-onwards resale file found: pass --real PATH or set {config.REAL_DATA_ENV}"
         )
-    if real.is_dir():
-        candidates = sorted(real.glob("latest_hdb_resale_prices.parquet")) or sorted(
-            real.glob("*jan-2017-onwards*")
-        )
-        if not candidates:
-            raise FileNotFoundError(f"{real} has no 2017-onwards resale file")
-        real = candidates[0]
     path = write_calibration(calibrate_from_file(real), Path(args.out))
     print(f"calibration written to {path}")
     return 0

@@ -32,12 +32,13 @@ def _plain(value: Any) -> Any:
 
 
 def record(run_dir: Path | str, notebook: str, **figures: Any) -> dict:
-    """Merge ``figures`` into ``<run_dir>/figures/<notebook>.json`` and return all of them."""
+    """Merge ``figures`` into ``<run_dir>/figures/<notebook>.json``; return all, sorted by name."""
     path = Path(run_dir) / FIGURES_DIR / f"{notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     current = json.loads(path.read_text()) if path.exists() else {}
     current.update(_plain(figures))
-    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    current = dict(sorted(current.items()))
+    path.write_text(json.dumps(current, indent=2) + "\n")
     return current
 
 

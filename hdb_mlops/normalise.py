@@ -129,5 +129,5 @@ def format_remaining_lease(months: pd.Series) -> pd.Series:
     one = rest == 1
     many = rest > 1
     out[one] = out[one] + " 01 month"
-    out[many] = out[many] + " " + rest[many].map("{:02d}".format) + " months"
+    out[many] = out[many] + " " + rest[many].map("{:02d}".format).astype("str") + " months"
     return out
