@@ -25,6 +25,7 @@ from hdb_mlops.normalise import (
     clean_text,
     derive_remaining_lease,
     normalise_flat_type,
+    on_unique,
     parse_month,
     parse_number,
     parse_remaining_lease,
@@ -235,7 +236,7 @@ def _read_parquet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         values = frame[col]
         if pd.api.types.is_float_dtype(values):
             # 450000.0 -> "450000", 60.3 -> "60.3": as the official CSV writes them
-            text = values.map(lambda v: "" if pd.isna(v) else f"{v:.10g}")
+            text = on_unique(values, lambda u: u.map(lambda v: "" if pd.isna(v) else f"{v:.10g}"))
         else:
             text = values.astype("str").where(values.notna(), "")
         raw[col] = text.astype("str")
