@@ -1,0 +1,163 @@
+"""Honest, time-aware evaluation.
+
+* **holdout**: train on every month up to a cut-off, test on every month after it;
+* **rolling**: retrain each month on everything before it (an expanding window) and predict
+  that month, the way a model in production is refreshed.
+
+A random split is never the headline: sales of the same block, storey band and month land on
+both sides and flatter the score (:func:`random_split` exists to show that).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from hdb_mlops.models import PriceModel
+
+DEFAULT_CUTOFF = "2024-12"
+PRICE_BANDS = (0, 400_000, 600_000, 800_000, 1_000_000, np.inf)
+
+
+def metrics(y_true: np.ndarray | pd.Series, y_pred: np.ndarray | pd.Series) -> dict[str, float]:
+    """MAPE, median APE, MAE, RMSE, R² and the shares within ±5% and ±10% (in %)."""
+    y_true = np.asarray(y_true, dtype="float64")
+    y_pred = np.asarray(y_pred, dtype="float64")
+    if len(y_true) == 0:
+        raise ValueError("no rows to evaluate")
+    if not np.isfinite(y_pred).all():
+        raise ValueError(f"{(~np.isfinite(y_pred)).sum()} predictions are NaN or infinite")
+    err = y_pred - y_true
+    ape = np.abs(err) / y_true
+    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
+    return {
+        "mape": float(ape.mean() * 100),
+        "median_ape": float(np.median(ape) * 100),
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+        "within_5": float((ape <= 0.05).mean() * 100),
+        "within_10": float((ape <= 0.10).mean() * 100),
+        "n": int(len(y_true)),
+    }
+
+
+def metrics_by(predictions: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Metrics per group of a predictions frame (columns resale_price, prediction, ``by``)."""
+    rows = {
+        key: metrics(group["resale_price"], group["prediction"])
+        for key, group in predictions.groupby(by, observed=True)
+    }
+    return pd.DataFrame.from_dict(rows, orient="index").sort_values("mape")
+
+
+def price_band(prices: pd.Series) -> pd.Series:
+    """Price bands: <400k, 400-600k, 600-800k, 800k-1M, >=1M."""
+    labels = ["<400k", "400-600k", "600-800k", "800k-1M", ">=1M"]
+    return pd.cut(prices, bins=list(PRICE_BANDS), labels=labels, right=False)
+
+
+@dataclass
+class Evaluation:
+    """Predictions of one protocol with their metrics."""
+
+    protocol: str
+    model: str
+    predictions: pd.DataFrame
+    overall: dict[str, float]
+    fit_seconds: float
+    per_month: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def by(self, column: str) -> pd.DataFrame:
+        """Metrics by ``town``, ``flat_type``, ``price_band`` or ``month``."""
+        return metrics_by(self.predictions, column)
+
+
+def _predictions(test: pd.DataFrame, pred: np.ndarray) -> pd.DataFrame:
+    out = test[["month", "town", "flat_type", "flat_model", "floor_area_sqm", "resale_price"]].copy()
+    out["prediction"] = pred
+    out["ape"] = np.abs(pred - out["resale_price"]) / out["resale_price"] * 100
+    out["price_band"] = price_band(out["resale_price"])
+    return out
+
+
+def split_holdout(
+    transactions: pd.DataFrame, cutoff: str = DEFAULT_CUTOFF
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows up to and including the cut-off month, and rows after it."""
+    cut = pd.Period(cutoff, freq="M")
+    train = transactions[transactions["month"] <= cut]
+    test = transactions[transactions["month"] > cut]
+    if train.empty or test.empty:
+        raise ValueError(
+            f"cut-off {cutoff} leaves {len(train)} training and {len(test)} test rows: "
+            f"the data covers {transactions['month'].min()} .. {transactions['month'].max()}"
+        )
+    return train, test
+
+
+def holdout(
+    transactions: pd.DataFrame, make_model: Callable[[], PriceModel], cutoff: str = DEFAULT_CUTOFF
+) -> Evaluation:
+    """Train up to ``cutoff``, test on every later month."""
+    train, test = split_holdout(transactions, cutoff)
+    model = make_model()
+    start = time.perf_counter()
+    model.fit(train)
+    seconds = time.perf_counter() - start
+    preds = _predictions(test, model.predict(test))
+    per_month = metrics_by(preds, "month").sort_index()
+    return Evaluation("holdout", model.name, preds, metrics(preds["resale_price"], preds["prediction"]), seconds, per_month)
+
+
+def rolling(
+    transactions: pd.DataFrame,
+    make_model: Callable[[], PriceModel],
+    start: str = "2025-01",
+    end: str | None = None,
+    train_window: int | None = None,
+) -> Evaluation:
+    """Retrain before every month from ``start`` to ``end`` on all earlier rows (or the last
+    ``train_window`` months of them) and predict that month."""
+    months = sorted(m for m in transactions["month"].unique() if m >= pd.Period(start, freq="M"))
+    if end is not None:
+        months = [m for m in months if m <= pd.Period(end, freq="M")]
+    if not months:
+        raise ValueError(f"no months from {start} in the data")
+    parts, fit_seconds = [], 0.0
+    name = "model"
+    for month in months:
+        train = transactions[transactions["month"] < month]
+        if train_window is not None:
+            train = train[train["month"] > month - train_window - 1]
+        test = transactions[transactions["month"] == month]
+        model = make_model()
+        name = model.name
+        t0 = time.perf_counter()
+        model.fit(train)
+        fit_seconds += time.perf_counter() - t0
+        parts.append(_predictions(test, model.predict(test)))
+    preds = pd.concat(parts)
+    per_month = metrics_by(preds, "month").sort_index()
+    overall = metrics(preds["resale_price"], preds["prediction"])
+    overall["mean_monthly_mape"] = float(per_month["mape"].mean())
+    return Evaluation("rolling", name, preds, overall, fit_seconds, per_month)
+
+
+def random_split(
+    transactions: pd.DataFrame, make_model: Callable[[], PriceModel], test_share: float = 0.2, seed: int = 42
+) -> Evaluation:
+    """A random split, for contrast only: near-duplicate sales leak across it."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random(len(transactions)) < test_share
+    train, test = transactions[~mask], transactions[mask]
+    model = make_model()
+    t0 = time.perf_counter()
+    model.fit(train)
+    seconds = time.perf_counter() - t0
+    preds = _predictions(test, model.predict(test))
+    return Evaluation("random", model.name, preds, metrics(preds["resale_price"], preds["prediction"]), seconds)
