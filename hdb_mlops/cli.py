@@ -101,6 +101,160 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_geocode(args: argparse.Namespace) -> int:
+    from hdb_mlops.geocode import fetch_stations, geocode_frame
+    from hdb_mlops.location import geocode_dir
+    from hdb_mlops.storage import prepare
+
+    cache = Path(args.cache_dir) if args.cache_dir else geocode_dir()
+    transactions = prepare(args.source, args.data_dir).transactions()
+    table = geocode_frame(transactions, cache, base_url=args.base_url, rate=args.rate)
+    found = int(table["latitude"].notna().sum())
+    print(f"addresses: {len(table):,}; with coordinates: {found:,}; cache: {cache}")
+    if args.stations:
+        stations = fetch_stations(cache, base_url=args.base_url, rate=args.rate)
+        print(f"stations: {len(stations):,}")
+    return 0
+
+
+def _evaluation_summary(ev) -> dict:
+    return {
+        "protocol": ev.protocol,
+        "model": ev.model,
+        "fit_seconds": round(ev.fit_seconds, 2),
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in ev.overall.items()},
+    }
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hdb_mlops import evaluate
+    from hdb_mlops.features import FeatureSpec
+    from hdb_mlops.models import make_model
+    from hdb_mlops.storage import prepare
+
+    transactions = prepare(
+        args.source, args.data_dir, rows=args.rows, seed=args.seed
+    ).transactions()
+    kwargs: dict = {}
+    locations = None
+    if args.location:
+        from hdb_mlops.location import default_location_tables
+
+        locations = default_location_tables()
+        if locations is None:
+            raise FileNotFoundError(
+                "no geocode table: run `hdb-mlops data geocode` or set HDB_MLOPS_REAL_DATA"
+            )
+    if args.model == "xgboost":
+        kwargs = {
+            "seed": args.seed,
+            "spec": FeatureSpec(location=args.location),
+            "locations": locations,
+        }
+
+    def factory():
+        return make_model(args.model, **kwargs)
+
+    if args.protocol == "holdout":
+        ev = evaluate.holdout(transactions, factory, cutoff=args.cutoff)
+    else:
+        ev = evaluate.rolling(transactions, factory, start=args.start, end=args.end)
+    summary = _evaluation_summary(ev)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<20}{value}")
+    return 0
+
+
+def _locations(wanted: bool):
+    if not wanted:
+        return None
+    from hdb_mlops.location import default_location_tables
+
+    tables = default_location_tables()
+    if tables is None:
+        raise FileNotFoundError(
+            "no geocode table: run `hdb-mlops data geocode --stations` or set HDB_MLOPS_REAL_DATA"
+        )
+    return tables
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hdb_mlops.storage import prepare
+    from hdb_mlops.train import train
+
+    prepared = prepare(args.source, args.data_dir, rows=args.rows, seed=args.seed)
+    result = train(
+        prepared.transactions(),
+        Path(args.out),
+        model=args.model,
+        location=args.location,
+        locations=_locations(args.location),
+        cutoff=args.cutoff,
+        tune_trials=args.tune_trials,
+        tune_timeout=args.tune_timeout,
+        seed=args.seed,
+        data_hash=prepared.data_hash,
+        track=not args.no_track,
+        register=not args.no_register and not args.no_track,
+        margin=args.margin,
+    )
+    summary = {
+        "model": result.model.name,
+        "cutoff": result.cutoff,
+        "bundle": str(result.bundle_dir),
+        "run_id": result.run_id,
+        "version": result.version,
+        "promoted": getattr(result.decision, "promoted", None),
+        "gate": getattr(result.decision, "reasons", None),
+        **{k: round(v, 4) for k, v in result.evaluation.overall.items()},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<12}{value}")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from hdb_mlops import registry
+
+    table = registry.list_versions(args.name)
+    if args.json:
+        print(table.to_json(orient="records", indent=2, date_format="iso"))
+    else:
+        print(table.to_string(index=False) if len(table) else "no registered versions")
+    return 0
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from hdb_mlops import registry
+
+    ref = int(args.ref) if args.ref.isdigit() else args.ref
+    print(json.dumps(registry.show(ref, args.name), indent=2, default=str))
+    return 0
+
+
+def cmd_model_promote(args: argparse.Namespace) -> int:
+    from hdb_mlops import registry
+    from hdb_mlops.storage import prepare
+
+    transactions = prepare(args.source, args.data_dir).transactions()
+    window = transactions[transactions["month"] > transactions["month"].max() - args.window_months]
+    decision = registry.promote(
+        args.version,
+        window,
+        margin=args.margin,
+        latency_budget_ms=args.latency_budget_ms,
+        name=args.name,
+    )
+    print(decision.summary())
+    return 0 if decision.promoted else 3
+
+
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
     from hdb_mlops.pipeline import parse_parameter, run
 
@@ -192,6 +346,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=30_000)
     p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     p.set_defaults(func=cmd_data_sample)
+
+    p = dsub.add_parser("geocode", help="geocode the addresses of a data source with OneMap")
+    p.add_argument("--source", default="sample", help="sample | download | a file or folder")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--cache-dir", default=None, help="default: data/geocode")
+    p.add_argument("--base-url", default=None, help="OneMap server (default: onemap.gov.sg)")
+    p.add_argument("--rate", type=float, default=4.0, help="requests per second")
+    p.add_argument("--stations", action="store_true", help="also fetch MRT/LRT stations")
+    p.set_defaults(func=cmd_data_geocode)
+
+    p = sub.add_parser("evaluate", help="evaluate a model with a time-aware protocol")
+    p.add_argument("--protocol", choices=["holdout", "rolling"], default="holdout")
+    p.add_argument("--model", default="xgboost", help="median_ppsm | linear | xgboost")
+    p.add_argument("--source", default="sample", help="sample | download | a file or folder")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--rows", type=int, default=None)
+    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    p.add_argument("--cutoff", default="2024-12", help="holdout: last training month")
+    p.add_argument("--start", default="2025-01", help="rolling: first predicted month")
+    p.add_argument("--end", default=None, help="rolling: last predicted month")
+    p.add_argument("--location", action="store_true", help="use location features")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train, evaluate, track, register and gate a model")
+    p.add_argument("--model", default="xgboost", help="median_ppsm | linear | xgboost")
+    p.add_argument("--source", default="sample", help="sample | download | a file or folder")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--rows", type=int, default=None)
+    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    p.add_argument("--cutoff", default=None, help="last training month (default: latest - 3)")
+    p.add_argument("--tune-trials", type=int, default=0, help="Optuna trials (0: no search)")
+    p.add_argument("--tune-timeout", type=float, default=None, help="seconds for the search")
+    p.add_argument("--location", action="store_true", help="use location features")
+    p.add_argument("--margin", type=float, default=0.1, help="gate: MAPE points to beat")
+    p.add_argument("--out", default=str(config.PROJECT_DIR / "models"), help="bundle folder")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-register", action="store_true", help="log but do not register")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    model = sub.add_parser("model", help="the model registry (MLflow)")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    p = msub.add_parser("list", help="registered versions with their aliases and MAPE")
+    p.add_argument("--name", default="hdb-resale-price")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_list)
+    p = msub.add_parser("show", help="one version (number) or alias (champion, challenger)")
+    p.add_argument("ref", nargs="?", default="champion")
+    p.add_argument("--name", default="hdb-resale-price")
+    p.set_defaults(func=cmd_model_show)
+    p = msub.add_parser("promote", help="run the promotion gate for a version")
+    p.add_argument("version", type=int)
+    p.add_argument("--source", default="sample")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--window-months", type=int, default=3)
+    p.add_argument("--margin", type=float, default=0.1)
+    p.add_argument("--latency-budget-ms", type=float, default=50.0)
+    p.add_argument("--name", default="hdb-resale-price")
+    p.set_defaults(func=cmd_model_promote)
 
     pipe = sub.add_parser("pipeline", help="run the chapter notebooks in order (papermill)")
     psub = pipe.add_subparsers(dest="pipeline_command", required=True)

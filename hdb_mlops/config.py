@@ -38,3 +38,34 @@ def real_data_dir() -> Path | None:
         if path.is_dir() and any(path.glob("*resale*")):
             return path
     return None
+
+
+#: Knobs that differ between the quick profile (bundled sample, minutes on a laptop) and the
+#: full profile (the real data, as long as it takes). Notebooks read them with
+#: ``profile_settings(profile)``; their own parameters override them.
+PROFILE_SETTINGS: dict[str, dict] = {
+    "quick": {
+        "xgb_params": {"n_estimators": 600, "learning_rate": 0.1, "max_depth": 6},
+        "tuning_trials": 6,
+        "tuning_timeout_s": 60,
+        "retrain_every_months": 6,
+        "rolling_months": 6,
+    },
+    "full": {
+        "xgb_params": {"n_estimators": 3000, "learning_rate": 0.05, "max_depth": 8},
+        "tuning_trials": 30,
+        "tuning_timeout_s": 1800,
+        "retrain_every_months": 1,
+        "rolling_months": 19,
+    },
+}
+
+
+def profile_settings(profile: str) -> dict:
+    """The settings of a pipeline profile (``quick`` or ``full``)."""
+    try:
+        return PROFILE_SETTINGS[profile]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {profile!r}: use one of {', '.join(PROFILE_SETTINGS)}"
+        ) from None

@@ -42,7 +42,7 @@ def metrics(y_true: np.ndarray | pd.Series, y_pred: np.ndarray | pd.Series) -> d
         "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
         "within_5": float((ape <= 0.05).mean() * 100),
         "within_10": float((ape <= 0.10).mean() * 100),
-        "n": int(len(y_true)),
+        "n": len(y_true),
     }
 
 
@@ -78,7 +78,9 @@ class Evaluation:
 
 
 def _predictions(test: pd.DataFrame, pred: np.ndarray) -> pd.DataFrame:
-    out = test[["month", "town", "flat_type", "flat_model", "floor_area_sqm", "resale_price"]].copy()
+    out = test[
+        ["month", "town", "flat_type", "flat_model", "floor_area_sqm", "resale_price"]
+    ].copy()
     out["prediction"] = pred
     out["ape"] = np.abs(pred - out["resale_price"]) / out["resale_price"] * 100
     out["price_band"] = price_band(out["resale_price"])
@@ -111,7 +113,14 @@ def holdout(
     seconds = time.perf_counter() - start
     preds = _predictions(test, model.predict(test))
     per_month = metrics_by(preds, "month").sort_index()
-    return Evaluation("holdout", model.name, preds, metrics(preds["resale_price"], preds["prediction"]), seconds, per_month)
+    return Evaluation(
+        "holdout",
+        model.name,
+        preds,
+        metrics(preds["resale_price"], preds["prediction"]),
+        seconds,
+        per_month,
+    )
 
 
 def rolling(
@@ -149,7 +158,10 @@ def rolling(
 
 
 def random_split(
-    transactions: pd.DataFrame, make_model: Callable[[], PriceModel], test_share: float = 0.2, seed: int = 42
+    transactions: pd.DataFrame,
+    make_model: Callable[[], PriceModel],
+    test_share: float = 0.2,
+    seed: int = 42,
 ) -> Evaluation:
     """A random split, for contrast only: near-duplicate sales leak across it."""
     rng = np.random.default_rng(seed)
@@ -160,4 +172,38 @@ def random_split(
     model.fit(train)
     seconds = time.perf_counter() - t0
     preds = _predictions(test, model.predict(test))
-    return Evaluation("random", model.name, preds, metrics(preds["resale_price"], preds["prediction"]), seconds)
+    return Evaluation(
+        "random", model.name, preds, metrics(preds["resale_price"], preds["prediction"]), seconds
+    )
+
+
+def frozen_vs_retrained(
+    transactions: pd.DataFrame,
+    make_model: Callable[[], PriceModel],
+    train_end: str = "2019-12",
+    retrain_every: int = 1,
+) -> pd.DataFrame:
+    """Monthly MAPE after ``train_end`` of a model trained once on the data up to it, next to
+    a model retrained every ``retrain_every`` months on everything before the month.
+
+    The evidence of chapter 1: a model left alone decays as the market moves.
+    """
+    cut = pd.Period(train_end, freq="M")
+    frozen = make_model().fit(transactions[transactions["month"] <= cut])
+    months = sorted(m for m in transactions["month"].unique() if m > cut)
+    rows, current, fitted_at = [], None, None
+    for i, month in enumerate(months):
+        test = transactions[transactions["month"] == month]
+        if current is None or i % retrain_every == 0:
+            current = make_model().fit(transactions[transactions["month"] < month])
+            fitted_at = month - 1
+        rows.append(
+            {
+                "month": month,
+                "frozen_mape": metrics(test["resale_price"], frozen.predict(test))["mape"],
+                "retrained_mape": metrics(test["resale_price"], current.predict(test))["mape"],
+                "retrained_through": fitted_at,
+                "n": len(test),
+            }
+        )
+    return pd.DataFrame(rows).set_index("month")

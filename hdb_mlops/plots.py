@@ -47,3 +47,47 @@ def volume_by_month(frame: pd.DataFrame) -> Figure:
     ax.plot(counts.index.to_timestamp(), counts.to_numpy())
     ax.set(title="Transactions per month", xlabel="month", ylabel="transactions")
     return fig
+
+
+def frozen_vs_retrained(table: pd.DataFrame, train_end: str) -> Figure:
+    """Monthly error of a model trained once next to one retrained regularly."""
+    fig, ax = _figure()
+    months = table.index.to_timestamp()
+    ax.plot(
+        months, table["frozen_mape"], label=f"trained once (data to {train_end})", color="tab:red"
+    )
+    ax.plot(months, table["retrained_mape"], label="retrained regularly", color="tab:green")
+    ax.set(title="Error by month: a model left alone decays", xlabel="month", ylabel="MAPE (%)")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    return fig
+
+
+def residuals(predictions: pd.DataFrame) -> Figure:
+    """Predicted against actual prices, and the percentage error against the actual price."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    actual, pred = predictions["resale_price"], predictions["prediction"]
+    left.scatter(actual, pred, s=3, alpha=0.3)
+    lims = [min(actual.min(), pred.min()), max(actual.max(), pred.max())]
+    left.plot(lims, lims, color="black", linewidth=1)
+    left.set(title="Predicted vs actual", xlabel="actual (SGD)", ylabel="predicted (SGD)")
+    pct = (pred - actual) / actual * 100
+    right.scatter(actual, pct, s=3, alpha=0.3)
+    right.axhline(0, color="black", linewidth=1)
+    for band in (-10, -5, 5, 10):
+        right.axhline(band, color="grey", linewidth=0.5, linestyle="--")
+    right.set(title="Error (%) vs actual price", xlabel="actual (SGD)", ylabel="error (%)")
+    return fig
+
+
+def model_comparison(table: pd.DataFrame, metric: str = "mape") -> Figure:
+    """A bar per model of one metric (table indexed by model name)."""
+    fig, ax = _figure(7, 3)
+    ordered = table[metric].sort_values(ascending=False)
+    ax.barh(ordered.index, ordered.to_numpy())
+    ax.set(title=f"{metric.upper()} by model (holdout)", xlabel=metric)
+    for y, v in enumerate(ordered.to_numpy()):
+        ax.text(v, y, f" {v:.2f}", va="center")
+    return fig
