@@ -86,7 +86,8 @@ def cmd_data_calibrate(args: argparse.Namespace) -> int:
         real = find_real_file(real)
     if real is None:
         raise FileNotFoundError(
-            f"no real 2017-onwards resale file found: pass --real PATH or set {config.REAL_DATA_ENV}"
+            "no real 2017-onwards resale file found: "
+            f"pass --real PATH or set {config.REAL_DATA_ENV}"
         )
     path = write_calibration(calibrate_from_file(real), Path(args.out))
     print(f"calibration written to {path}")

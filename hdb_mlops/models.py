@@ -147,10 +147,13 @@ def market_index(transactions: pd.DataFrame) -> pd.Series:
 
 @dataclass
 class TrendIndex:
-    """A monthly index that is known up to the last training month and carried forward
-    along the slope of its last ``trend_months`` months after that."""
+    """A monthly index that is known up to the last training month and carried forward after
+    it: flat by default, or along the slope of its last ``trend_months`` months.
 
-    trend_months: int = 12
+    Flat is the honest default: on the real data, extending 2024's rise through 2025-2026
+    (when prices levelled off) doubled the holdout error."""
+
+    trend_months: int = 0
 
     def fit(self, transactions: pd.DataFrame) -> TrendIndex:
         index = market_index(transactions)
@@ -186,7 +189,7 @@ class XGBoostModel(PriceModel):
     valid_months: int = 3
     early_stopping_rounds: int = 50
     detrend: bool = True
-    trend_months: int = 12
+    trend_months: int = 0
     seed: int = 42
     n_jobs: int = 2
     locations: tuple[pd.DataFrame, pd.DataFrame] | None = field(default=None, repr=False)
