@@ -71,6 +71,10 @@ class Evaluation:
     overall: dict[str, float]
     fit_seconds: float
     per_month: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the fitted model (holdout and random split; the last one fitted for rolling)
+    fitted: PriceModel | None = field(default=None, repr=False)
+    #: the rows it was trained on (holdout and random split)
+    train: pd.DataFrame | None = field(default=None, repr=False)
 
     def by(self, column: str) -> pd.DataFrame:
         """Metrics by ``town``, ``flat_type``, ``price_band`` or ``month``."""
@@ -120,6 +124,8 @@ def holdout(
         metrics(preds["resale_price"], preds["prediction"]),
         seconds,
         per_month,
+        fitted=model,
+        train=train,
     )
 
 

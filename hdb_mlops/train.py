@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from hdb_mlops.models import DEFAULT_XGB_PARAMS, PriceModel, make_model
 log = logging.getLogger(__name__)
 
 DEFAULT_GATE_MONTHS = 3
+#: Single-row latency a model must keep to pass the gate's sanity check. Generous: it catches
+#: a model that is broken or far too big, not a slow laptop.
+DEFAULT_LATENCY_BUDGET_MS = 250.0
 
 
 @dataclass
@@ -66,6 +70,67 @@ def build_model(
     return make_model(name, **(params or {}))
 
 
+def publish(
+    evaluation: Evaluation,
+    transactions: pd.DataFrame,
+    out_dir: Path | str,
+    *,
+    seed: int = config.DEFAULT_SEED,
+    data_hash: str | None = None,
+    track: bool = True,
+    register: bool = True,
+    margin: float = 0.1,
+    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS,
+    params: dict[str, Any] | None = None,
+    figures: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Bundle the model of a holdout evaluation, then (by default) log it to MLflow, register
+    it and run the promotion gate on the months after its cut-off."""
+    from hdb_mlops.bundle import residual_quantiles, save_bundle
+    from hdb_mlops.pipeline import git_commit
+    from hdb_mlops.profile import reference_profile
+
+    if evaluation.fitted is None or evaluation.train is None:
+        raise ValueError("publish needs a holdout evaluation (it carries the fitted model)")
+    model, train_rows, preds = evaluation.fitted, evaluation.train, evaluation.predictions
+    cutoff = str(train_rows["month"].max())
+    sample = train_rows.sample(n=min(len(train_rows), 20_000), random_state=seed)
+    profile = reference_profile(model.features(sample), model.predict(sample))
+    git = git_commit()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    bundle_dir = save_bundle(
+        model,
+        Path(out_dir) / f"{model.name}-{cutoff}-{stamp}",
+        metrics=evaluation.overall,
+        residual_quantiles=residual_quantiles(preds["resale_price"], preds["prediction"]),
+        profile=profile,
+        data_hash=data_hash,
+        git=git,
+        extra={"cutoff": cutoff, "train_rows": len(train_rows), "test_rows": len(preds)},
+    )
+    result = TrainResult(model, evaluation, bundle_dir, cutoff)
+    if not track:
+        return result
+    from hdb_mlops import registry, tracking
+
+    result.run_id = tracking.log_training(
+        model,
+        evaluation,
+        bundle_dir,
+        params={"cutoff": cutoff, **(params or {})},
+        data_hash=data_hash,
+        git=git,
+        figures=figures,
+    )
+    if register:
+        result.version = registry.register(result.run_id)
+        window = transactions[transactions["month"] > pd.Period(cutoff, freq="M")]
+        result.decision = registry.promote(
+            result.version, window, margin=margin, latency_budget_ms=latency_budget_ms
+        )
+    return result
+
+
 def train(
     transactions: pd.DataFrame,
     out_dir: Path | str,
@@ -82,14 +147,11 @@ def train(
     track: bool = True,
     register: bool = True,
     margin: float = 0.1,
-    latency_budget_ms: float = 50.0,
+    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS,
     figures: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train, evaluate, bundle, and (by default) log to MLflow, register and gate a model."""
-    from hdb_mlops.bundle import residual_quantiles, save_bundle
-    from hdb_mlops.pipeline import git_commit
-    from hdb_mlops.profile import reference_profile
-
+    """Split at ``cutoff`` (default: three months before the latest), optionally tune, fit,
+    evaluate on the later months, then :func:`publish`."""
     cutoff = cutoff or default_cutoff(transactions)
     train_rows = transactions[transactions["month"] <= pd.Period(cutoff, freq="M")]
     tuning = None
@@ -106,47 +168,22 @@ def train(
         )
         params = {**(params or {}), **tuning.best_params}
 
-    fitted: list[PriceModel] = []
-
     def factory() -> PriceModel:
-        m = build_model(model, params=params, location=location, locations=locations, seed=seed)
-        fitted.append(m)
-        return m
+        return build_model(model, params=params, location=location, locations=locations, seed=seed)
 
     evaluation = holdout(transactions, factory, cutoff=cutoff)
-    fitted_model = fitted[-1]
-    preds = evaluation.predictions
-    sample = train_rows.sample(n=min(len(train_rows), 20_000), random_state=seed)
-    profile = reference_profile(fitted_model.features(sample), fitted_model.predict(sample))
-    git = git_commit()
-    bundle_dir = save_bundle(
-        fitted_model,
-        Path(out_dir) / f"{fitted_model.name}-{cutoff}",
-        metrics=evaluation.overall,
-        residual_quantiles=residual_quantiles(preds["resale_price"], preds["prediction"]),
-        profile=profile,
-        data_hash=data_hash,
-        git=git,
-        extra={"cutoff": cutoff, "train_rows": len(train_rows), "test_rows": len(preds)},
-    )
-    result = TrainResult(fitted_model, evaluation, bundle_dir, cutoff, tuning=tuning)
-    if not track:
-        return result
-    from hdb_mlops import registry, tracking
-
-    result.run_id = tracking.log_training(
-        fitted_model,
+    result = publish(
         evaluation,
-        bundle_dir,
-        params={"cutoff": cutoff, "tune_trials": tune_trials},
+        transactions,
+        out_dir,
+        seed=seed,
         data_hash=data_hash,
-        git=git,
+        track=track,
+        register=register,
+        margin=margin,
+        latency_budget_ms=latency_budget_ms,
+        params={"tune_trials": tune_trials},
         figures=figures,
     )
-    if register:
-        result.version = registry.register(result.run_id)
-        window = transactions[transactions["month"] > pd.Period(cutoff, freq="M")]
-        result.decision = registry.promote(
-            result.version, window, margin=margin, latency_budget_ms=latency_budget_ms
-        )
+    result.tuning = tuning
     return result
