@@ -256,6 +256,21 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
     return 0 if decision.promoted else 3
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hdb_mlops.serve import serve
+
+    ref = args.model
+    serve(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        model_ref=int(ref) if ref is not None and ref.isdigit() else ref,
+        log_level=args.log_level,
+        max_batch=args.max_batch,
+    )
+    return 0
+
+
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
     from hdb_mlops.pipeline import parse_parameter, run
 
@@ -407,6 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-budget-ms", type=float, default=50.0)
     p.add_argument("--name", default="hdb-resale-price")
     p.set_defaults(func=cmd_model_promote)
+
+    p = sub.add_parser("serve", help="serve the model over HTTP (FastAPI + uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a bundle folder, a registry version or alias (default: $HDB_MLOPS_MODEL or champion)",
+    )
+    p.add_argument("--max-batch", type=int, default=1000, help="most rows in one request")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_serve)
 
     pipe = sub.add_parser("pipeline", help="run the chapter notebooks in order (papermill)")
     psub = pipe.add_subparsers(dest="pipeline_command", required=True)

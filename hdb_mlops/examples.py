@@ -25,3 +25,27 @@ def write_broken_example(folder: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join([",".join(OFFICIAL_2017_COLUMNS), *BROKEN_EXAMPLE_ROWS]) + "\n")
     return path
+
+
+#: One flat as a client sends it to the prediction service (official column names).
+EXAMPLE_REQUEST: dict = {
+    "month": "2025-03",
+    "town": "TAMPINES",
+    "flat_type": "4 ROOM",
+    "block": "123",
+    "street_name": "TAMPINES ST 11",
+    "storey_range": "07 TO 09",
+    "floor_area_sqm": 93,
+    "flat_model": "Model A",
+    "lease_commence_date": 1995,
+    "remaining_lease": "69 years 03 months",
+}
+
+#: Requests that the service must refuse, each with what is wrong with it.
+BAD_REQUESTS: dict[str, dict] = {
+    "unknown town": {**EXAMPLE_REQUEST, "town": "ATLANTIS"},
+    "month not YYYY-MM": {**EXAMPLE_REQUEST, "month": "March 2025"},
+    "floor area too small": {**EXAMPLE_REQUEST, "floor_area_sqm": 3},
+    "unexpected field": {**EXAMPLE_REQUEST, "asking_price": 600000},
+    "missing field": {k: v for k, v in EXAMPLE_REQUEST.items() if k != "flat_type"},
+}
