@@ -115,7 +115,9 @@ def build_features(
             for col in LOCATION_FEATURES:
                 out[col] = np.nan
     for col, categories in spec.categorical.items():
-        out[col] = pd.Categorical(t[col].astype("str"), categories=list(categories))
+        values = t[col].astype("str")
+        known = values.where(values.isin(categories))  # unknown -> missing
+        out[col] = pd.Categorical(known, categories=list(categories))
     return out[spec.columns]
 
 
