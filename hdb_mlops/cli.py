@@ -434,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-batch", type=int, default=1000, help="most rows in one request")
     p.add_argument("--log-level", default="info")
+    # SageMaker starts an inference image as `docker run IMAGE serve`: accept that word.
+    p.add_argument("sagemaker_command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     pipe = sub.add_parser("pipeline", help="run the chapter notebooks in order (papermill)")
