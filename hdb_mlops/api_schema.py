@@ -54,21 +54,11 @@ from hdb_mlops.schema import (
     FLOOR_AREA_RANGE,
     LEASE_YEAR_MIN,
     LEASE_YEARS,
+    OFFICIAL_2017_COLUMNS,
 )
 
 #: Columns a request row may have, in the official (2017-onwards) order, without the price.
-REQUEST_COLUMNS: tuple[str, ...] = (
-    "month",
-    "town",
-    "flat_type",
-    "block",
-    "street_name",
-    "storey_range",
-    "floor_area_sqm",
-    "flat_model",
-    "lease_commence_date",
-    "remaining_lease",
-)
+REQUEST_COLUMNS: tuple[str, ...] = tuple(c for c in OFFICIAL_2017_COLUMNS if c != "resale_price")
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 #: "NN TO NN" with storeys from 01, in any case (the value is upper-cased after the check).
 STOREY_PATTERN = r"^(0[1-9]|[1-9]\d) [Tt][Oo] (0[1-9]|[1-9]\d)$"

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from hdb_mlops.features import FeatureSpec
+from hdb_mlops.ingest import sha256_file  # one implementation, re-exported here
 from hdb_mlops.models import PriceModel
 
 BUNDLE_FORMAT = 1
@@ -88,15 +89,6 @@ class IntegrityError(BundleError):
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _canonical(obj: Any) -> bytes:
