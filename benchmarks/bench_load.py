@@ -42,9 +42,8 @@ def main() -> int:
         result = load_files(files)
         best = min(best, time.perf_counter() - start)
     r = result.report
-    print(
-        f"{'all files together':<80}{r.rows_in:>10,}{r.rows_kept:>10,}{r.rows_quarantined:>7}{best:>9.2f}"
-    )
+    label = "all files together"
+    print(f"{label:<80}{r.rows_in:>10,}{r.rows_kept:>10,}{r.rows_quarantined:>7}{best:>9.2f}")
     print(f"reconciles: {r.reconciles}; months {r.month_min} .. {r.month_max}; by rule {r.by_rule}")
     return 0
 

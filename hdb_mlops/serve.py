@@ -563,27 +563,16 @@ class BoosterCall:
 
 class AddressEncoding:
     """:meth:`hdb_mlops.models.AddressEncoder.transform` for validated rows, without its
-    per-call pandas cost (about 10 ms for one row on a busy 2-core machine).
-
-    The keys of an address are made in plain Python (:meth:`_python_keys`) when they match
-    the model's own :func:`hdb_mlops.models.address_keys` on probe addresses, else by that
-    function, cached per distinct (town, block, street, flat type); the encoder's per-key
-    sums are looked up in dictionaries made once from its tables. The arithmetic is
-    :meth:`_encode`, a copy of ``AddressEncoder._features`` without the DataFrame (which
-    alone costs ~3 ms a row); it is used only if it gives the encoder's own floats on probe
-    sums, else ``_features`` itself is called. If the encoder changes shape altogether, the
-    service's start-up check sees it and falls back to the model's path."""
-
-    CACHE_SIZE = 65_536
+    per-call pandas cost (about 10 ms for one row on a busy 2-core machine): the keys of an
+    address from :func:`hdb_mlops.models.row_keys` (plain Python), the encoder's per-key sums
+    from dictionaries made once from its tables, and the encoder's own arithmetic
+    (:meth:`~hdb_mlops.models.AddressEncoder.feature_arrays`) on arrays."""
 
     def __init__(self, encoder: Any):
-        from functools import lru_cache
-
-        from hdb_mlops.models import ENCODING_LEVELS, address_keys
+        from hdb_mlops.models import ENCODING_LEVELS
 
         self.encoder = encoder
         self.levels = tuple(ENCODING_LEVELS)
-        self.last = int(encoder.last_)
         self.tables = {
             level: {
                 key: (float(w), float(wr), float(wm))
@@ -593,140 +582,24 @@ class AddressEncoding:
             }
             for level, table in encoder.tables_.items()
         }
+        self.columns = self._encode(np.zeros(0, dtype="int64"), [])[0]
 
-        @lru_cache(maxsize=self.CACHE_SIZE)
-        def model_keys(town: str, block: str | None, street: str | None, flat_type: str) -> tuple:
-            """The model's own keys (pandas: milliseconds a call, hence the cache)."""
-            frame = pd.DataFrame(
-                {
-                    "town": [town],
-                    "block": pd.array([block], dtype="str"),
-                    "street_name": pd.array([street], dtype="str"),
-                    "flat_type": [flat_type],
-                }
-            )
-            found = address_keys(frame)
-            return tuple(str(found[level][0]) for level in self.levels)
-
-        self.keys = model_keys
-        if self._keys_agree(model_keys):
-            self.keys = self._python_keys
-
-        self.columns = list(self._model_features(np.zeros(0, dtype="int64"), {}).columns)
-        self.exact = self._copy_is_exact()
-
-    def _python_keys(
-        self, town: str, block: str | None, street: str | None, flat_type: str
-    ) -> tuple:
-        """:func:`hdb_mlops.models.address_keys` for one row in plain Python (microseconds):
-        upper-case, single-spaced parts joined with "|", "" where a part is missing."""
-        t, b, s, f = (
-            " ".join(v.upper().split()) if v else "" for v in (town, block, street, flat_type)
-        )
-        address = f"{t}|{b}|{s}" if s and b else ""
-        keys = {
-            "all": "*",
-            "town": t,
-            "street": f"{t}|{s}" if s else "",
-            "address": address,
-            "address_type": f"{address}|{f}" if address else "",
-        }
-        return tuple(keys[level] for level in self.levels)
-
-    def _keys_agree(self, model_keys: Any) -> bool:
-        """Whether :meth:`_python_keys` gives the model's keys on probe addresses (messy
-        case and spacing, missing parts); if not, the model's function is used (cached)."""
-        rows = [
-            ("ANG MO KIO", "406", "ANG MO KIO AVE 10", "4 ROOM"),
-            ("BEDOK", " 12a ", "bedok  north   rd", "3 ROOM"),
-            ("BEDOK", None, "BEDOK NTH RD", "EXECUTIVE"),
-            ("BEDOK", "", "BEDOK NTH RD", "EXECUTIVE"),
-            ("YISHUN", "101", None, "5 ROOM"),
-            ("YISHUN", None, None, "MULTI-GENERATION"),
-            ("KALLANG/WHAMPOA", "1", "JLN  BAHAGIA ", "2 ROOM"),
-        ]
-        for key in list(self.tables.get("address_type", {}))[:20]:
-            parts = str(key).split("|")
-            if len(parts) == 4:
-                rows.append((parts[0], parts[1].lower(), f" {parts[2]} ", parts[3]))
-        try:
-            same = all(self._python_keys(*row) == model_keys(*row) for row in rows)
-        except Exception as exc:
-            log.warning("address keys in Python unusable (%s): using the model's (cached)", exc)
-            return False
-        if not same:
-            log.warning("address keys in Python differ from the model's: using the model's")
-        return same
-
-    def _sums(self, keys: Sequence[tuple], n: int) -> dict[str, np.ndarray]:
+    def _encode(self, months: np.ndarray, keys: Sequence[tuple]) -> tuple[list[str], np.ndarray]:
         zero = (0.0, 0.0, 0.0)
-        return {
+        sums = {
             level: np.array(
-                [self.tables[level].get(k[j], zero) for k in keys], dtype="float64"
-            ).reshape(n, 3)
+                [self.tables.get(level, {}).get(k[j], zero) for k in keys], dtype="float64"
+            ).reshape(len(keys), 3)
             for j, level in enumerate(self.levels)
         }
-
-    def _scale(self, months: np.ndarray) -> np.ndarray:
-        # as AddressEncoder.transform: the decay is seen from the month after training
-        return 1.0 / self.encoder._weight(np.minimum(months, self.last + 1))
-
-    def _model_features(self, months: np.ndarray, sums: dict[str, np.ndarray]) -> pd.DataFrame:
-        if not sums:
-            sums = {level: np.zeros((len(months), 3)) for level in self.levels}
-        return self.encoder._features(pd.RangeIndex(len(months)), months, sums, self._scale(months))
-
-    def _encode(self, months: np.ndarray, sums: dict[str, np.ndarray]) -> np.ndarray:
-        """``AddressEncoder._features`` as arrays (same operations, same order)."""
-        enc = self.encoder
-        scale = self._scale(months)
-        columns = []
-        prior = np.full(len(months), np.nan)  # before the root: nothing known
-        for level in self.levels:
-            w, wr, wm = (sums[level][:, j] * scale for j in range(3))
-            known = ~np.isnan(prior)
-            k = np.where(known, enc.prior, 0.0)
-            total = w + k
-            weighted = wr + k * np.where(known, prior, 0.0)
-            value = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), np.nan)
-            if level in enc.levels:
-                seen = w > 0
-                age = np.where(seen, months - wm / np.where(seen, w, 1.0), np.nan)
-                columns.extend([value, w, age])
-            prior = value
-        return np.column_stack(columns) if columns else np.zeros((len(months), 0))
-
-    def _copy_is_exact(self) -> bool:
-        """Whether :meth:`_encode` reproduces the encoder's ``_features`` on probe sums: real
-        rows of every level's table, empty ones, and months before, at and after training."""
-        n = 64
-        rng = np.random.default_rng(0)
-        sums = {}
-        for level in self.levels:
-            table = np.array(list(self.tables[level].values()) or [(0.0, 0.0, 0.0)])
-            rows = table[rng.integers(0, len(table), n)]
-            rows[rng.random(n) < 0.3] = 0.0  # unknown at this level
-            sums[level] = rows
-        months = self.last + rng.integers(-60, 12, n)
-        try:
-            expected = self._model_features(months, sums).to_numpy(dtype="float64")
-            got = self._encode(months, sums)
-        except Exception as exc:
-            log.warning("address encoding copy unusable (%s): using the encoder's own", exc)
-            return False
-        same = got.shape == expected.shape and np.array_equal(got, expected, equal_nan=True)
-        if not same:
-            log.warning("address encoding copy differs from the encoder's: using the encoder's")
-        return same
+        return self.encoder.feature_arrays(months, sums, self.encoder.scale(months))
 
     def features(self, records: Sequence[RecordBase], month_index: np.ndarray) -> np.ndarray:
         """The encoder's features for ``records`` (rows x :attr:`columns`, the model's order)."""
-        months = month_index.astype("int64")
-        keys = [self.keys(r.town, r.block, r.street_name, _flat_type(r.flat_type)) for r in records]
-        sums = self._sums(keys, len(records))
-        if self.exact:
-            return self._encode(months, sums)
-        return self._model_features(months, sums).to_numpy(dtype="float64")
+        from hdb_mlops.models import row_keys
+
+        keys = [row_keys(r.town, r.block, r.street_name, _flat_type(r.flat_type)) for r in records]
+        return self._encode(month_index.astype("int64"), keys)[1]
 
 
 class XGBoostEngine(_Engine):
