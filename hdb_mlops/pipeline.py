@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,28 +100,6 @@ def parse_parameter(text: str) -> tuple[str, Any]:
         return name, json.loads(raw)
     except json.JSONDecodeError:
         return name, raw
-
-
-def git_commit(project_dir: Path = config.PROJECT_DIR) -> dict[str, Any]:
-    """The checkout's commit and whether it has uncommitted changes (None outside git)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=project_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=project_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return {"commit": sha, "dirty": bool(dirty)}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
 
 
 def new_run_id(profile: str) -> str:
@@ -281,7 +258,7 @@ def run(
         "run_id": run_id,
         "profile": profile,
         "parameters": parameters,
-        "git": git_commit(),
+        "git": config.git_commit(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "cell_timeout_s": cell_timeout,
         "notebooks": [],

@@ -49,9 +49,13 @@ class Prepared:
         """Absolute path of a layer file such as ``processed/transactions.parquet``."""
         return self.data_dir / layer_file
 
-    def transactions(self) -> pd.DataFrame:
-        """The processed, analysis-ready transactions."""
-        return pd.read_parquet(self.path(PROCESSED_TRANSACTIONS))
+    def transactions(self, since: str | None = None) -> pd.DataFrame:
+        """The processed, analysis-ready transactions (from month ``since``, e.g. "2017-01",
+        when given)."""
+        frame = pd.read_parquet(self.path(PROCESSED_TRANSACTIONS))
+        if since is None:
+            return frame
+        return frame[frame["month"] >= pd.Period(since, freq="M")].reset_index(drop=True)
 
     def quarantine(self) -> pd.DataFrame:
         """The quarantined rows with the rule each failed."""

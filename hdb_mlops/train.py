@@ -87,7 +87,6 @@ def publish(
     """Bundle the model of a holdout evaluation, then (by default) log it to MLflow, register
     it and run the promotion gate on the months after its cut-off."""
     from hdb_mlops.bundle import residual_quantiles, save_bundle
-    from hdb_mlops.pipeline import git_commit
     from hdb_mlops.profile import reference_profile
 
     if evaluation.fitted is None or evaluation.train is None:
@@ -96,7 +95,7 @@ def publish(
     cutoff = str(train_rows["month"].max())
     sample = train_rows.sample(n=min(len(train_rows), 20_000), random_state=seed)
     profile = reference_profile(model.features(sample), model.predict(sample))
-    git = git_commit()
+    git = config.git_commit()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     bundle_dir = save_bundle(
         model,

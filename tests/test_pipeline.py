@@ -22,6 +22,11 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     )
 
 
+def run_pipeline(notebooks: Path, runs: Path, *args: str) -> subprocess.CompletedProcess:
+    """``hdb-mlops pipeline run`` over ``notebooks`` into ``runs``."""
+    return cli("pipeline", "run", "--notebooks-dir", str(notebooks), "--runs-dir", str(runs), *args)
+
+
 def write_notebook(path: Path, *sources: str, params: str = "run_dir = '.'\nrows = None") -> Path:
     cells = [new_code_cell(params, metadata={"tags": ["parameters"]})]
     cells += [new_code_cell(s) for s in sources]
@@ -78,13 +83,9 @@ def test_parameters_reach_the_notebook(tmp_path):
         "keyfigures.record(run_dir, '01_echo', rows=rows, label=label)",
         params="run_dir = '.'\nrows = None\nlabel = ''",
     )
-    out = cli(
-        "pipeline",
-        "run",
-        "--notebooks-dir",
-        str(nbdir),
-        "--runs-dir",
-        str(tmp_path / "runs"),
+    out = run_pipeline(
+        nbdir,
+        tmp_path / "runs",
         "--run-id",
         "p",
         "-p",
@@ -97,13 +98,9 @@ def test_parameters_reach_the_notebook(tmp_path):
     assert manifest["notebooks"][0]["figures"] == {"rows": 500, "label": "hello world"}
     assert manifest["parameters"]["rows"] == 500
 
-    typo = cli(
-        "pipeline",
-        "run",
-        "--notebooks-dir",
-        str(nbdir),
-        "--runs-dir",
-        str(tmp_path / "runs"),
+    typo = run_pipeline(
+        nbdir,
+        tmp_path / "runs",
         "-p",
         "rosw=5",
     )
@@ -117,13 +114,9 @@ def test_failure_names_notebook_and_cell_keeps_output_and_exits_nonzero(tmp_path
     write_notebook(nbdir / "01_ok.ipynb", "x = 1")
     write_notebook(nbdir / "02_broken.ipynb", "y = 2", "raise ValueError('the data is not there')")
     write_notebook(nbdir / "03_after.ipynb", "z = 3")
-    out = cli(
-        "pipeline",
-        "run",
-        "--notebooks-dir",
-        str(nbdir),
-        "--runs-dir",
-        str(tmp_path / "runs"),
+    out = run_pipeline(
+        nbdir,
+        tmp_path / "runs",
         "--run-id",
         "f",
     )
@@ -144,13 +137,9 @@ def test_cell_timeout_stops_a_hanging_notebook(tmp_path):
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
     write_notebook(nbdir / "01_hang.ipynb", "import time\ntime.sleep(60)")
-    out = cli(
-        "pipeline",
-        "run",
-        "--notebooks-dir",
-        str(nbdir),
-        "--runs-dir",
-        str(tmp_path / "runs"),
+    out = run_pipeline(
+        nbdir,
+        tmp_path / "runs",
         "--run-id",
         "t",
         "--cell-timeout",

@@ -60,6 +60,12 @@ def test_prepare_sample_source_is_the_bundled_file(tmp_path):
     assert prepared.manifest["inputs"][0]["name"] == "resale-flat-prices-sample.csv"
     assert prepared.report.rows_in == 30_000
     assert prepared.report.reconciles
+    # the full profile's models read from 2017 on; `since` keeps every later row
+    everything = prepared.transactions()
+    since = prepared.transactions(since="2020-01")
+    assert since["month"].min() == pd.Period("2020-01", freq="M")
+    assert len(since) == int((everything["month"] >= pd.Period("2020-01", freq="M")).sum())
+    assert list(since.index) == list(range(len(since)))
 
 
 def test_unknown_source_is_a_clear_error(tmp_path):
