@@ -76,26 +76,10 @@ def train_bundle(out: Path) -> Path:
 
 def sample_rows(n: int, data_dir: Path) -> list[dict]:
     """``n`` request rows from the sample (official columns, mixed case as in the files)."""
-    from hdb_mlops import storage
+    from hdb_mlops import examples, storage
 
     tx = storage.prepare("sample", data_dir).transactions().sample(n, random_state=7, replace=True)
-    rows = []
-    for r in tx.itertuples():
-        rows.append(
-            {
-                "month": str(r.month),
-                "town": r.town,
-                "flat_type": r.flat_type,
-                "block": r.block,
-                "street_name": r.street_name,
-                "storey_range": r.storey_range,
-                "floor_area_sqm": float(r.floor_area_sqm),
-                "flat_model": r.flat_model.title(),
-                "lease_commence_date": int(r.lease_commence_date),
-                "remaining_lease": int(r.remaining_lease_months),
-            }
-        )
-    return rows
+    return examples.request_records(tx)
 
 
 # --------------------------------------------------------------------------- the server

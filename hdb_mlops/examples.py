@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hdb_mlops.schema import OFFICIAL_2017_COLUMNS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Rows in the official 2017+ format: three valid, then one per kind of problem.
 BROKEN_EXAMPLE_ROWS: tuple[str, ...] = (
@@ -49,3 +53,23 @@ BAD_REQUESTS: dict[str, dict] = {
     "unexpected field": {**EXAMPLE_REQUEST, "asking_price": 600000},
     "missing field": {k: v for k, v in EXAMPLE_REQUEST.items() if k != "flat_type"},
 }
+
+
+def request_records(transactions: pd.DataFrame) -> list[dict]:
+    """API request bodies (``POST /predict``) for normalised transactions: the official
+    columns in the files' own spellings, remaining lease in months, no price."""
+    return [
+        {
+            "month": str(r.month),
+            "town": r.town,
+            "flat_type": r.flat_type,
+            "block": r.block,
+            "street_name": r.street_name,
+            "storey_range": r.storey_range,
+            "floor_area_sqm": float(r.floor_area_sqm),
+            "flat_model": r.flat_model.title(),
+            "lease_commence_date": int(r.lease_commence_date),
+            "remaining_lease": int(r.remaining_lease_months),
+        }
+        for r in transactions.itertuples()
+    ]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdb_mlops import storage, train
+from hdb_mlops import examples, storage, train
 from hdb_mlops.bundle import residual_quantiles, save_bundle
 from hdb_mlops.features import transactions_from_records
 from hdb_mlops.normalise import format_remaining_lease
@@ -151,22 +151,13 @@ def request_rows(tx: pd.DataFrame, n: int, seed: int = 3) -> list[dict]:
     sample = tx.sample(n, random_state=seed)
     lease_text = format_remaining_lease(sample["remaining_lease_months"])
     rows = []
-    for i, (r, lease) in enumerate(zip(sample.itertuples(), lease_text, strict=True)):
-        row = {
-            "month": str(r.month),
-            "town": r.town,
-            "flat_type": r.flat_type,
-            "block": r.block,
-            "street_name": r.street_name,
-            "storey_range": r.storey_range,
-            "floor_area_sqm": float(r.floor_area_sqm),
-            "flat_model": r.flat_model.title(),
-            "lease_commence_date": int(r.lease_commence_date),
-        }
+    for i, (row, lease) in enumerate(
+        zip(examples.request_records(sample), lease_text, strict=True)
+    ):
         if i % 3 == 0:
             row["remaining_lease"] = lease
-        elif i % 3 == 1:
-            row["remaining_lease"] = int(r.remaining_lease_months)
+        elif i % 3 == 2:
+            del row["remaining_lease"]
         rows.append(row)
     return rows
 
