@@ -459,7 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(config.NOTEBOOKS_DIR),
         help="run the numbered notebooks of this folder (e.g. a workshop's copies)",
     )
-    p.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    p.add_argument(
+        "--cell-timeout",
+        type=int,
+        default=None,
+        help="seconds per cell (default: 900 in the quick profile, 10800 in the full one)",
+    )
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_pipeline_run)
     p = psub.add_parser("list", help="the notebooks in pipeline order")

@@ -42,6 +42,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_CELL_TIMEOUT = 900
+#: The full profile's cells run for minutes on the real data (the search and the rolling
+#: evaluation of chapter 5B): a longer limit, still finite so that a hang does end.
+CELL_TIMEOUTS: dict[str, int] = {"quick": DEFAULT_CELL_TIMEOUT, "full": 3 * 3600}
 
 
 class PipelineError(RuntimeError):
@@ -232,9 +235,11 @@ def run(
     run_id: str | None = None,
     runs_dir: Path = config.RUNS_DIR,
     notebooks_dir: Path = config.NOTEBOOKS_DIR,
-    cell_timeout: int = DEFAULT_CELL_TIMEOUT,
+    cell_timeout: int | None = None,
 ) -> dict[str, Any]:
     """Run the chapter notebooks in order; returns the manifest (also written to the run dir).
+
+    ``cell_timeout`` (seconds) defaults to the profile's (:data:`CELL_TIMEOUTS`).
 
     Raises :class:`PipelineError` after writing the manifest when a notebook fails.
     """
@@ -243,6 +248,7 @@ def run(
     notebooks = select(list_notebooks(notebooks_dir), only, start)
     if not notebooks:
         raise PipelineError(f"no chapter notebooks found in {notebooks_dir}")
+    cell_timeout = cell_timeout or CELL_TIMEOUTS.get(profile, DEFAULT_CELL_TIMEOUT)
     run_id = run_id or new_run_id(profile)
     run_dir = (Path(runs_dir) / run_id).resolve()
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
