@@ -59,8 +59,8 @@ PROFILE_SETTINGS: dict[str, dict] = {
     "full": {
         # the model's defaults (hdb_mlops.models.DEFAULT_XGB_PARAMS), with early stopping
         "xgb_params": {"n_estimators": 2000},
-        "tuning_trials": 30,
-        "tuning_timeout_s": 1200,
+        "tuning_trials": 20,
+        "tuning_timeout_s": 900,
         "retrain_every_months": 3,
         "rolling_months": 19,
         # models learn from the 2017+ schema (remaining lease as published); the older files

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 def search_space(trial: Any) -> dict[str, Any]:
     """The parameters a trial tries (ranges that matter for tabular price data)."""
     return {
-        "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
-        "max_depth": trial.suggest_int("max_depth", 4, 12),
+        "learning_rate": trial.suggest_float("learning_rate", 0.04, 0.3, log=True),
+        "max_depth": trial.suggest_int("max_depth", 4, 10),
         "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 20.0, log=True),
         "subsample": trial.suggest_float("subsample", 0.6, 1.0),
         "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
