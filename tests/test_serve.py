@@ -145,6 +145,15 @@ def small_client(xgb_bundle):
         yield c
 
 
+def loader_record(r: dict) -> dict:
+    """A request row as the loader's text record: remaining lease as the files write it and
+    an empty price (transactions_from_records parses every official column)."""
+    lease = r.get("remaining_lease", "")
+    if isinstance(lease, int):
+        lease = format_remaining_lease(pd.Series([lease])).iloc[0]
+    return {**{k: str(v) for k, v in r.items()}, "remaining_lease": lease, "resale_price": ""}
+
+
 def request_rows(tx: pd.DataFrame, n: int, seed: int = 3) -> list[dict]:
     """``n`` request rows from the sample, in the files' own spellings (title-case flat
     models); remaining lease as the files write it, as months, or left out."""
@@ -166,19 +175,7 @@ def generic_path(bundle_dir: Path, rows: list[dict]) -> pd.DataFrame:
     """Reference predictions: transactions_from_records + Bundle.predict_with_interval."""
     from hdb_mlops.bundle import load_bundle
 
-    raw = [
-        {
-            **{k: str(v) for k, v in r.items()},
-            "remaining_lease": (
-                format_remaining_lease(pd.Series([r["remaining_lease"]])).iloc[0]
-                if isinstance(r.get("remaining_lease"), int)
-                else r.get("remaining_lease", "")
-            ),
-            # transactions_from_records parses every official column, the price included
-            "resale_price": "",
-        }
-        for r in rows
-    ]
+    raw = [loader_record(r) for r in rows]
     return load_bundle(bundle_dir).predict_with_interval(transactions_from_records(raw), 0.9)
 
 
@@ -290,15 +287,9 @@ def test_fast_path_matches_transactions_from_records(which, request, tx):
         transactions_from_records(
             [
                 {
-                    **{k: str(v) for k, v in r.items()},
+                    **loader_record(r),
                     "block": r.get("block", ""),
                     "street_name": r.get("street_name", ""),
-                    "remaining_lease": (
-                        format_remaining_lease(pd.Series([r["remaining_lease"]])).iloc[0]
-                        if isinstance(r.get("remaining_lease"), int)
-                        else r.get("remaining_lease", "")
-                    ),
-                    "resale_price": "",
                 }
                 for r in rows
             ]
