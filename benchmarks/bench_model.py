@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from hdb_mlops import config
-from hdb_mlops.evaluate import DEFAULT_CUTOFF, Evaluation, holdout, rolling
+from hdb_mlops.evaluate import DEFAULT_CUTOFF, Evaluation, holdout, level_drift, rolling
 from hdb_mlops.features import FeatureSpec
 from hdb_mlops.ingest import load_file, load_files, resale_files
 from hdb_mlops.models import LinearModel, MedianPpsmBaseline, PriceModel, XGBoostModel
@@ -202,6 +202,7 @@ def main() -> int:
                 "fit_seconds": ev.fit_seconds,
                 "wall_seconds": wall,
                 "per_month_mape": {str(k): float(v) for k, v in ev.per_month["mape"].items()},
+                "level_drift": level_drift(ev.predictions),
                 "bars": check_bars(protocol, feature_set, ev.overall) if name == "xgboost" else [],
             }
             rows.append(row)
@@ -216,6 +217,15 @@ def main() -> int:
         if row["model"] == "xgboost":
             months = " ".join(f"{v:.2f}" for v in row["per_month_mape"].values())
             print(f"\nper-month MAPE, {row['protocol']} {row['features']} xgboost:\n  {months}")
+            drift = row["level_drift"]
+            adjusted = " ".join(f"{v:.2f}" for v in drift["level_adjusted_mape"])
+            bias = " ".join(f"{v:+.1f}" for v in drift["level_bias"])
+            pooled = (drift["level_adjusted_mape"] * drift["n"]).sum() / drift["n"].sum()
+            print(
+                f"  level bias % (actual/predicted - 1): {bias}\n"
+                f"  MAPE if the market level were known: {adjusted}\n"
+                f"  (all months: {pooled:.2f}%; a diagnostic, not a score)"
+            )
     print_bars(rows)
     if args.json:
         payload = {
@@ -226,6 +236,11 @@ def main() -> int:
             "xgboost_params": XGBoostModel().params(),
             "results": rows,
         }
+        for row in rows:
+            row["level_drift"] = {
+                str(month): values
+                for month, values in row["level_drift"].to_dict(orient="index").items()
+            }
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(f"\nwritten {args.json}")
     return 0

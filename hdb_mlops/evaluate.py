@@ -91,6 +91,41 @@ def _predictions(test: pd.DataFrame, pred: np.ndarray) -> pd.DataFrame:
     return out
 
 
+def level_drift(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Split each month's error into a market-level part and the rest.
+
+    Per month: ``level_bias`` (%), the median of ``actual / prediction`` minus one (positive:
+    the model is too low, the market rose past it); ``mape``; and ``level_adjusted_mape``,
+    the MAPE after every prediction of the month is scaled by that month's median ratio.
+
+    The adjustment uses the month's own prices, so it is a diagnostic, never a score: it
+    answers "how good would the model be if it knew the market's level?". When the adjusted
+    error grows with the months ahead too, the market has moved *within* itself (some towns,
+    flat types or lease bands more than others) and only retraining catches up.
+    """
+    if predictions.empty:
+        raise ValueError("no predictions to analyse")
+    ratio = np.log(
+        predictions["resale_price"].to_numpy(dtype="float64")
+        / predictions["prediction"].to_numpy(dtype="float64")
+    )
+    month = predictions["month"].to_numpy()
+    frame = pd.DataFrame({"month": month, "log_ratio": ratio})
+    bias = frame.groupby("month")["log_ratio"].transform("median").to_numpy()
+    frame["ape"] = np.abs(1 - np.exp(-ratio)) * 100
+    frame["adjusted_ape"] = np.abs(1 - np.exp(-(ratio - bias))) * 100
+    grouped = frame.groupby("month")
+    out = pd.DataFrame(
+        {
+            "level_bias": (np.exp(grouped["log_ratio"].median()) - 1) * 100,
+            "mape": grouped["ape"].mean(),
+            "level_adjusted_mape": grouped["adjusted_ape"].mean(),
+            "n": grouped.size(),
+        }
+    )
+    return out.sort_index()
+
+
 def split_holdout(
     transactions: pd.DataFrame, cutoff: str = DEFAULT_CUTOFF
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -91,3 +91,29 @@ def model_comparison(table: pd.DataFrame, metric: str = "mape") -> Figure:
     for y, v in enumerate(ordered.to_numpy()):
         ax.text(v, y, f" {v:.2f}", va="center")
     return fig
+
+
+def level_drift(drift: pd.DataFrame, rolling_per_month: pd.Series | None = None) -> Figure:
+    """Holdout error by month, with and without the market-level part
+    (:func:`hdb_mlops.evaluate.level_drift`), next to the rolling protocol's error."""
+    fig, ax = _figure()
+    months = drift.index.to_timestamp()
+    ax.plot(months, drift["mape"], label="trained once (holdout)", color="tab:red")
+    ax.plot(
+        months,
+        drift["level_adjusted_mape"],
+        label="trained once, market level known",
+        color="tab:orange",
+        linestyle="--",
+    )
+    if rolling_per_month is not None:
+        ax.plot(
+            rolling_per_month.index.to_timestamp(),
+            rolling_per_month.to_numpy(),
+            label="retrained monthly (rolling)",
+            color="tab:green",
+        )
+    ax.set(title="Error by month after the cut-off", xlabel="month", ylabel="MAPE (%)")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    return fig

@@ -94,3 +94,25 @@ def test_tuning_is_reproducible_and_stays_in_the_training_data(sample):
     assert a.best_mape == pytest.approx(b.best_mape)
     assert len(a.trials) == 2
     assert {"learning_rate", "max_depth"} <= set(a.best_params)
+
+
+def test_level_drift_separates_the_market_level_from_the_rest():
+    months = pd.PeriodIndex(["2025-01"] * 4 + ["2025-02"] * 4, freq="M")
+    actual = np.array([100.0, 200.0, 300.0, 400.0] * 2) * 1000
+    # January: exact; February: every prediction 10% low, the market rose past the model,
+    # and one flat 10% further off on top of it
+    pred = actual.copy()
+    pred[4:] = actual[4:] / 1.1
+    pred[7] = actual[7] / 1.1 / 1.1
+    preds = pd.DataFrame({"month": months, "resale_price": actual, "prediction": pred})
+    drift = evaluate.level_drift(preds)
+    assert list(drift.index.astype(str)) == ["2025-01", "2025-02"]
+    assert drift.loc["2025-01", "level_bias"] == pytest.approx(0.0)
+    assert drift.loc["2025-01", "level_adjusted_mape"] == pytest.approx(0.0)
+    assert drift.loc["2025-02", "level_bias"] == pytest.approx(10.0)
+    # after the level is taken out only the one flat is off, by 1 - 1/1.1
+    assert drift.loc["2025-02", "level_adjusted_mape"] == pytest.approx((1 - 1 / 1.1) * 100 / 4)
+    assert drift.loc["2025-02", "mape"] > drift.loc["2025-02", "level_adjusted_mape"]
+    assert drift["n"].tolist() == [4, 4]
+    with pytest.raises(ValueError, match="no predictions"):
+        evaluate.level_drift(preds.iloc[:0])
