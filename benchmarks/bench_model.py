@@ -97,6 +97,42 @@ def check_bars(protocol: str, features: str, overall: dict[str, float]) -> list[
     return out
 
 
+#: Attributes that make two sales "twins": the same flat as far as the published columns tell.
+TWIN_KEYS = [
+    "block",
+    "street_name",
+    "flat_type",
+    "flat_model",
+    "storey_range",
+    "floor_area_sqm",
+    "lease_commence_date",
+    "month",
+]
+
+
+def twin_floor(transactions: pd.DataFrame, start: str) -> dict[str, float]:
+    """How far apart twins sell: each sale from ``start`` that has a twin sold in the same
+    month is predicted by the mean price of its twins (leave one out).
+
+    That error is a floor for any model of the published columns; for pairs it is about
+    sqrt(2) times the error of a perfect model (both prices carry the unexplained part), so
+    ``perfect_model_mape`` estimates the best MAPE reachable."""
+    t = transactions[transactions["month"] >= pd.Period(start, freq="M")]
+    price = t["resale_price"].astype("float64")
+    groups = price.groupby([t[k] for k in TWIN_KEYS], observed=True)
+    n, total = groups.transform("size"), groups.transform("sum")
+    twin = n >= 2
+    loo = (total[twin] - price[twin]) / (n[twin] - 1)
+    ape = (loo - price[twin]).abs() / price[twin] * 100
+    return {
+        "sales": len(t),
+        "with_twin": int(twin.sum()),
+        "twin_mape": float(ape.mean()),
+        "twin_within_5": float((ape <= 5).mean() * 100),
+        "perfect_model_mape": float(ape.mean() / 2**0.5),
+    }
+
+
 def run_one(
     transactions: pd.DataFrame,
     protocol: str,
@@ -227,6 +263,15 @@ def main() -> int:
                 f"  (all months: {pooled:.2f}%; a diagnostic, not a score)"
             )
     print_bars(rows)
+    floor = twin_floor(transactions, ROLLING_START)
+    print(
+        f"\ntwins (same block, flat type, model, storey band, area, lease start and month), "
+        f"from {ROLLING_START}: {floor['with_twin']:,} of {floor['sales']:,} sales\n"
+        f"  predicted by their twins' mean price: MAPE {floor['twin_mape']:.2f}%, "
+        f"within 5% {floor['twin_within_5']:.1f}%\n"
+        f"  implied MAPE of a perfect model of the published columns: "
+        f"~{floor['perfect_model_mape']:.1f}%"
+    )
     if args.json:
         payload = {
             "data": str(source),
@@ -235,6 +280,7 @@ def main() -> int:
             "rolling": {"start": ROLLING_START, "end": end},
             "xgboost_params": XGBoostModel().params(),
             "results": rows,
+            "twin_floor": floor,
         }
         for row in rows:
             row["level_drift"] = {
