@@ -83,3 +83,40 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
+    import os
+
+    code = (
+        "import os, hdb_mlops, xgboost; from hdb_mlops.models import XGBoostModel;"
+        "print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "PASSIVE"
+    # the kernel of a pipeline run inherits it from the CLI process
+    kernel = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, hdb_mlops, subprocess, sys;"
+            "print(subprocess.run([sys.executable, '-c', 'import os;"
+            'print(os.environ["OMP_WAIT_POLICY"])\'], capture_output=True, text=True).stdout)',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert kernel.stdout.strip() == "PASSIVE"
+    mine = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+    )
+    assert mine.stdout.strip() == "ACTIVE"
