@@ -49,7 +49,7 @@ sample: setup
 	$(BIN)/hdb-mlops data sample --out data/sample
 
 lint: setup
-	$(BIN)/ruff check hdb_mlops tests benchmarks scripts notebooks
+	$(BIN)/ruff check hdb_mlops tests benchmarks notebooks
 
 clean:
 	rm -rf runs data/raw data/interim data/processed .pytest_cache

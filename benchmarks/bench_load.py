@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from hdb_mlops.config import real_data_dir
-from hdb_mlops.ingest import load_file, load_files, resale_files
+from hdb_mlops.data.ingest import load_file, load_files, resale_files
 
 
 def main() -> int:

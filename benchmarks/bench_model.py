@@ -1,7 +1,7 @@
 """Benchmark: price-model quality on the real data (holdout and rolling, raw vs location).
 
 Trains the baselines and the default XGBoost model under the time-aware protocols of
-:mod:`hdb_mlops.evaluate` and prints every metric of :func:`hdb_mlops.evaluate.metrics`, the
+:mod:`hdb_mlops.model.evaluate` and prints every metric of :func:`hdb_mlops.model.evaluate.metrics`, the
 fit time and the course's quality bars (PASS/FAIL). It only prints: a benchmark, not a test.
 
 * holdout: train on months <= 2024-12, test on every later month;
@@ -29,10 +29,10 @@ from typing import Any
 import pandas as pd
 
 from hdb_mlops import config
-from hdb_mlops.evaluate import DEFAULT_CUTOFF, Evaluation, holdout, level_drift, rolling
-from hdb_mlops.features import FeatureSpec
-from hdb_mlops.ingest import load_file, load_files, resale_files
-from hdb_mlops.models import LinearModel, MedianPpsmBaseline, PriceModel, XGBoostModel
+from hdb_mlops.data.ingest import load_file, load_files, resale_files
+from hdb_mlops.model.evaluate import DEFAULT_CUTOFF, Evaluation, holdout, level_drift, rolling
+from hdb_mlops.model.features import FeatureSpec
+from hdb_mlops.model.models import LinearModel, MedianPpsmBaseline, PriceModel, XGBoostModel
 
 ROLLING_START = "2025-01"
 QUICK_MONTHS = 6
@@ -74,7 +74,7 @@ def load_transactions(source: Path) -> pd.DataFrame:
 
 def location_tables(source: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The (geocodes, stations) tables beside the data, or the machine's defaults."""
-    from hdb_mlops.location import default_location_tables
+    from hdb_mlops.data.location import default_location_tables
 
     folder = source if source.is_dir() else source.parent
     previous = os.environ.get(config.REAL_DATA_ENV)

@@ -1,6 +1,6 @@
 """Benchmark: latency of the prediction service under a fixed request rate.
 
-Starts the service as production does (``hdb_mlops.serve.serve``: one uvicorn worker, JSON
+Starts the service as production does (``hdb_mlops.serving.server.serve``: one uvicorn worker, JSON
 request logs) on a free port of 127.0.0.1 and drives it open-loop: requests are sent on a
 fixed schedule whatever the answers do, and each latency is measured from the request's
 *scheduled* time, so queueing shows up (no coordinated omission). For each rate it runs
@@ -51,7 +51,9 @@ def train_bundle(out: Path) -> Path:
     """An XGBoost bundle trained on the sample (quick-profile parameters, one thread)."""
     import pandas as pd
 
-    from hdb_mlops import bundle, config, storage, train
+    from hdb_mlops import config
+    from hdb_mlops.data import storage
+    from hdb_mlops.model import bundle, train
 
     tx = storage.prepare("sample", out / "data").transactions()
     cutoff = pd.Period(train.default_cutoff(tx), freq="M")
@@ -76,7 +78,7 @@ def train_bundle(out: Path) -> Path:
 
 def sample_rows(n: int, data_dir: Path) -> list[dict]:
     """``n`` request rows from the sample (official columns, mixed case as in the files)."""
-    from hdb_mlops import examples, storage
+    from hdb_mlops.data import examples, storage
 
     tx = storage.prepare("sample", data_dir).transactions().sample(n, random_state=7, replace=True)
     return examples.request_records(tx)
@@ -94,12 +96,12 @@ def free_port() -> int:
 
 @contextmanager
 def running_service(bundle_dir: Path, log_file: Path, *, fast_path: bool = True):
-    """The service as production runs it (:func:`hdb_mlops.serve.serve`: one uvicorn
+    """The service as production runs it (:func:`hdb_mlops.serving.server.serve`: one uvicorn
     worker, JSON request logs at info level, here to ``log_file``); yields its port."""
     port = free_port()
     env = {**os.environ, "HDB_MLOPS_FAST_PATH": "1" if fast_path else "0"}
     code = (
-        "from hdb_mlops.serve import serve; "
+        "from hdb_mlops.serving.server import serve; "
         f"serve(host='127.0.0.1', port={port}, workers=1, model_ref={str(bundle_dir)!r})"
     )
     with open(log_file, "ab") as log:

@@ -57,7 +57,7 @@ PROFILE_SETTINGS: dict[str, dict] = {
         "model_since": None,
     },
     "full": {
-        # the model's defaults (hdb_mlops.models.DEFAULT_XGB_PARAMS), with early stopping
+        # the model's defaults (hdb_mlops.model.models.DEFAULT_XGB_PARAMS), with early stopping
         "xgb_params": {"n_estimators": 2000},
         "tuning_trials": 20,
         "tuning_timeout_s": 900,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from datagov_stub import DatagovStub, StubResponse
 
-from hdb_mlops import download as dl
-from hdb_mlops.download import DownloadedFile, DownloadError, download_all, download_dataset
-from hdb_mlops.schema import DATASETS, OFFICIAL_2017_COLUMNS, dataset
+from hdb_mlops.data import download as dl
+from hdb_mlops.data.download import DownloadedFile, DownloadError, download_all, download_dataset
+from hdb_mlops.data.schema import DATASETS, OFFICIAL_2017_COLUMNS, dataset
 
 KEY = "2017-onwards"
 DS = dataset(KEY)
@@ -236,7 +236,7 @@ def test_corrupted_cache_is_downloaded_again(
     first = fetch(stub, tmp_path, sleeps)
     first.path.write_bytes(PAYLOAD.replace(b"255000", b"999999"))  # same size, altered bytes
 
-    with caplog.at_level(logging.WARNING, logger="hdb_mlops.download"):
+    with caplog.at_level(logging.WARNING, logger="hdb_mlops.data.download"):
         again = fetch(stub, tmp_path, sleeps)
 
     assert not again.from_cache and stub.count("file") == 2

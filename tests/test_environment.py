@@ -78,7 +78,7 @@ def test_installed_versions_match_the_lock():
 
 def test_import_is_light():
     code = (
-        "import sys, hdb_mlops, hdb_mlops.ingest, hdb_mlops.storage, hdb_mlops.pipeline;"
+        "import sys, hdb_mlops, hdb_mlops.data.ingest, hdb_mlops.data.storage, hdb_mlops.course.pipeline;"
         "heavy = [m for m in ('sagemaker', 'mlflow', 'boto3', 'xgboost', 'papermill', 'fastapi')"
         " if m in sys.modules]; print(heavy)"
     )
@@ -90,7 +90,7 @@ def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
     # pipeline kernels and uvicorn workers inherit os.environ from the process that imported
     # hdb_mlops, so checking os.environ after the import covers them too
     code = (
-        "import os, hdb_mlops, xgboost; from hdb_mlops.models import XGBoostModel;"
+        "import os, hdb_mlops, xgboost; from hdb_mlops.model.models import XGBoostModel;"
         "print(os.environ['OMP_WAIT_POLICY'])"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

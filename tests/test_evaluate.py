@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdb_mlops import evaluate, models, storage, tune
+from hdb_mlops.data import storage
+from hdb_mlops.model import evaluate, models, tune
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdb_mlops import config, geocode, location
-from hdb_mlops.geocode import (
+from hdb_mlops import config
+from hdb_mlops.data import geocode, location
+from hdb_mlops.data.geocode import (
     AddressCache,
     GeocodeError,
     RateLimiter,
@@ -27,7 +28,7 @@ from hdb_mlops.geocode import (
     geocode_frame,
     pick_result,
 )
-from hdb_mlops.location import ADDRESS_CACHE_FILE, CACHE_FORMAT, add_location_features
+from hdb_mlops.data.location import ADDRESS_CACHE_FILE, CACHE_FORMAT, add_location_features
 
 # --------------------------------------------------------------------------------------------
 # The stub

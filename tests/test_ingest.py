@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hdb_mlops.ingest import DataFormatError, load_file, load_files, resale_files
+from hdb_mlops.data.ingest import DataFormatError, load_file, load_files, resale_files
 
 HEADER = (
     "month,town,flat_type,block,street_name,storey_range,floor_area_sqm,flat_model,"

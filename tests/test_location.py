@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdb_mlops import config, location
-from hdb_mlops.location import (
+from hdb_mlops import config
+from hdb_mlops.data import location
+from hdb_mlops.data.location import (
     CBD,
     FEATURE_COLUMNS,
     GEOCODE_COLUMNS,
@@ -139,7 +140,7 @@ def test_features_never_fail_on_missing_tables():
 
 
 def test_features_without_address_columns_are_nan(caplog):
-    with caplog.at_level("WARNING", logger="hdb_mlops.location"):
+    with caplog.at_level("WARNING", logger="hdb_mlops.data.location"):
         out = add_location_features(pd.DataFrame({"block": ["1"]}), GEOCODES, STATIONS)
     assert out[list(FEATURE_COLUMNS)].isna().all().all()
     assert "no street_name column" in caplog.text
@@ -335,7 +336,7 @@ def test_default_tables_from_the_cache_folder(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def real_transactions(real_data_dir: Path) -> pd.DataFrame:
-    from hdb_mlops.ingest import load_file
+    from hdb_mlops.data.ingest import load_file
 
     return load_file(real_data_dir / "latest_hdb_resale_prices.parquet").frame
 

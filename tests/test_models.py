@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdb_mlops.evaluate import holdout, metrics, split_holdout
-from hdb_mlops.features import FeatureSpec, month_index
-from hdb_mlops.location import make_geocode_table
-from hdb_mlops.models import (
+from hdb_mlops.data.location import make_geocode_table
+from hdb_mlops.model.evaluate import holdout, metrics, split_holdout
+from hdb_mlops.model.features import FeatureSpec, month_index
+from hdb_mlops.model.models import (
     AddressEncoder,
     LinearModel,
     MedianPpsmBaseline,
@@ -39,7 +39,7 @@ FAST_XGB = {
 
 @pytest.fixture(scope="module")
 def transactions(tmp_path_factory) -> pd.DataFrame:
-    from hdb_mlops.storage import prepare
+    from hdb_mlops.data.storage import prepare
 
     data_dir = tmp_path_factory.mktemp("models") / "data"
     return prepare("sample", data_dir, rows=6000).transactions()

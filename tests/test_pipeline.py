@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from hdb_mlops import pipeline
+from hdb_mlops.course import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_parameters_reach_the_notebook(tmp_path):
     nbdir.mkdir()
     write_notebook(
         nbdir / "01_echo.ipynb",
-        "from hdb_mlops import keyfigures\n"
+        "from hdb_mlops.course import keyfigures\n"
         "keyfigures.record(run_dir, '01_echo', rows=rows, label=label)",
         params="run_dir = '.'\nrows = None\nlabel = ''",
     )

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdb_mlops.calibrate import REAL_FILE_NAMES, find_real_file, load_calibration
 from hdb_mlops.config import CALIBRATION_FILE, SAMPLE_FILE
-from hdb_mlops.normalise import (
+from hdb_mlops.data.calibrate import REAL_FILE_NAMES, find_real_file, load_calibration
+from hdb_mlops.data.normalise import (
     MONTH_PATTERN,
     STOREY_PATTERN,
     derive_remaining_lease,
@@ -22,8 +22,8 @@ from hdb_mlops.normalise import (
     parse_remaining_lease,
     parse_storey_range,
 )
-from hdb_mlops.schema import FLAT_TYPES, OFFICIAL_2017_COLUMNS, TOWNS
-from hdb_mlops.synth import generate_sample, write_sample
+from hdb_mlops.data.schema import FLAT_TYPES, OFFICIAL_2017_COLUMNS, TOWNS
+from hdb_mlops.data.synth import generate_sample, write_sample
 
 SAMPLE_ROWS = 30_000
 SAMPLE_SEED = 42

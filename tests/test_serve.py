@@ -21,20 +21,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdb_mlops import examples, storage, train
-from hdb_mlops.bundle import residual_quantiles, save_bundle
-from hdb_mlops.features import transactions_from_records
-from hdb_mlops.normalise import format_remaining_lease
-from hdb_mlops.schema import OFFICIAL_2017_COLUMNS
-from hdb_mlops.serve import (
-    FrameEngine,
-    LoaderEngine,
-    ModelLoadError,
-    XGBoostEngine,
-    create_app,
-    records_frame,
-    serve_in_thread,
-)
+from hdb_mlops.data import examples, storage
+from hdb_mlops.data.normalise import format_remaining_lease
+from hdb_mlops.data.schema import OFFICIAL_2017_COLUMNS
+from hdb_mlops.model import train
+from hdb_mlops.model.bundle import residual_quantiles, save_bundle
+from hdb_mlops.model.features import transactions_from_records
+from hdb_mlops.serving.app import create_app
+from hdb_mlops.serving.engines import FrameEngine, LoaderEngine, records_frame
+from hdb_mlops.serving.fastpath import XGBoostEngine
+from hdb_mlops.serving.loading import ModelLoadError
+from hdb_mlops.serving.server import serve_in_thread
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 
@@ -173,7 +170,7 @@ def request_rows(tx: pd.DataFrame, n: int, seed: int = 3) -> list[dict]:
 
 def generic_path(bundle_dir: Path, rows: list[dict]) -> pd.DataFrame:
     """Reference predictions: transactions_from_records + Bundle.predict_with_interval."""
-    from hdb_mlops.bundle import load_bundle
+    from hdb_mlops.model.bundle import load_bundle
 
     raw = [loader_record(r) for r in rows]
     return load_bundle(bundle_dir).predict_with_interval(transactions_from_records(raw), 0.9)
@@ -241,7 +238,7 @@ def test_predict_single(client, xgb_bundle):
     assert interval["level"] == 0.9
     assert interval["lower"] < body["price"] < interval["upper"]
     assert 100_000 < body["price"] < 2_000_000
-    from hdb_mlops.bundle import sha256_file
+    from hdb_mlops.model.bundle import sha256_file
 
     assert body["model"] == {
         "name": "xgboost",
@@ -273,8 +270,8 @@ def test_predict_batch_keeps_order_and_ids_are_unique(client, tx, xgb_bundle):
 def test_fast_path_matches_transactions_from_records(which, request, tx):
     """The service's fast path (features straight from the validated rows) and the generic
     path (transactions_from_records + model.predict) give identical predictions."""
-    from hdb_mlops.api_schema import build_schemas
-    from hdb_mlops.bundle import load_bundle
+    from hdb_mlops.model.bundle import load_bundle
+    from hdb_mlops.serving.request_schema import build_schemas
 
     bundle_dir = request.getfixturevalue(which)
     bundle = load_bundle(bundle_dir)
@@ -317,8 +314,8 @@ def test_address_encoding_fast_path_is_exact(xgb_bundle, tx):
     """The default XGBoost model (raw columns) has an address encoding; the service computes
     it without pandas (keys in Python, the encoder's arithmetic on arrays), identical to the
     encoder's own transform."""
-    from hdb_mlops.api_schema import build_schemas
-    from hdb_mlops.bundle import load_bundle
+    from hdb_mlops.model.bundle import load_bundle
+    from hdb_mlops.serving.request_schema import build_schemas
 
     bundle = load_bundle(xgb_bundle)
     encoder = bundle.model.encoder_
@@ -354,7 +351,7 @@ def test_served_engine_is_the_fast_path(client, base_url, linear_bundle):
 def test_app_from_env(xgb_bundle, monkeypatch):
     """The uvicorn factory reads the model, the batch limit and the fast-path switch from the
     environment."""
-    from hdb_mlops.serve import app_from_env
+    from hdb_mlops.serving.app import app_from_env
 
     monkeypatch.setenv("HDB_MLOPS_MODEL", str(xgb_bundle))
     monkeypatch.setenv("HDB_MLOPS_MAX_BATCH", "3")
@@ -787,7 +784,7 @@ def test_tampered_bundle_process_fails_to_start(xgb_bundle, tmp_path):
             sys.executable,
             "-m",
             "uvicorn",
-            "hdb_mlops.serve:app_from_env",
+            "hdb_mlops.serving.app:app_from_env",
             "--factory",
             "--host",
             "127.0.0.1",
@@ -810,7 +807,7 @@ def test_serve_writes_json_logs_and_shuts_down_gracefully(xgb_bundle, tmp_path):
     port = free_port()
     log_file = tmp_path / "service.log"
     code = (
-        "from hdb_mlops.serve import serve; "
+        "from hdb_mlops.serving.server import serve; "
         f"serve(port={port}, model_ref={str(xgb_bundle)!r}, graceful_timeout=5)"
     )
     with open(log_file, "wb") as log:
@@ -840,8 +837,8 @@ def test_serve_writes_json_logs_and_shuts_down_gracefully(xgb_bundle, tmp_path):
 def test_registry_alias_and_version(tx, tmp_path, monkeypatch):
     """``champion`` (the default) and a version number are resolved through the registry;
     the served version is pinned and reported."""
-    from hdb_mlops import registry, tracking
-    from hdb_mlops.evaluate import holdout
+    from hdb_mlops.model import registry, tracking
+    from hdb_mlops.model.evaluate import holdout
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("HDB_MLOPS_MLFLOW_ARTIFACTS", str(tmp_path / "artifacts"))
@@ -885,7 +882,7 @@ def test_registry_alias_and_version(tx, tmp_path, monkeypatch):
 def test_two_workers_from_the_factory(xgb_bundle, tmp_path):
     port = free_port()
     code = (
-        "from hdb_mlops.serve import serve; "
+        "from hdb_mlops.serving.server import serve; "
         f"serve(port={port}, workers=2, model_ref={str(xgb_bundle)!r}, graceful_timeout=5)"
     )
     log_file = tmp_path / "service.log"

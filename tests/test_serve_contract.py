@@ -18,11 +18,12 @@ import httpx
 import pandas as pd
 import pytest
 
-from hdb_mlops import storage
-from hdb_mlops.bundle import residual_quantiles, save_bundle
-from hdb_mlops.features import FeatureSpec
-from hdb_mlops.models import LinearModel
-from hdb_mlops.serve import create_app, serve_in_thread
+from hdb_mlops.data import storage
+from hdb_mlops.model.bundle import residual_quantiles, save_bundle
+from hdb_mlops.model.features import FeatureSpec
+from hdb_mlops.model.models import LinearModel
+from hdb_mlops.serving.app import create_app
+from hdb_mlops.serving.server import serve_in_thread
 
 PROJECT = Path(__file__).resolve().parents[1]
 DOCKERFILE = PROJECT / "Dockerfile"

@@ -31,10 +31,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from hdb_mlops import storage, train
-from hdb_mlops.bundle import residual_quantiles, save_bundle
-from hdb_mlops.normalise import LEASE_PATTERN
-from hdb_mlops.serve import create_app, serve_in_thread
+from hdb_mlops.data import storage
+from hdb_mlops.data.normalise import LEASE_PATTERN
+from hdb_mlops.model import train
+from hdb_mlops.model.bundle import residual_quantiles, save_bundle
+from hdb_mlops.serving.app import create_app
+from hdb_mlops.serving.server import serve_in_thread
 
 #: Generated cases per generation mode (Hypothesis may stop a little short of this).
 EXAMPLES = {"positive": 600, "negative": 600}
@@ -131,9 +133,9 @@ def repair(row: dict) -> dict:
 def test_generated_rows_price_like_the_generic_path(base_url):
     """Rows generated from the live schema (then repaired for the cross-field rules) are all
     accepted and priced exactly as transactions_from_records + model.predict price them."""
-    from hdb_mlops.bundle import load_bundle
-    from hdb_mlops.features import transactions_from_records
-    from hdb_mlops.normalise import format_remaining_lease
+    from hdb_mlops.data.normalise import format_remaining_lease
+    from hdb_mlops.model.bundle import load_bundle
+    from hdb_mlops.model.features import transactions_from_records
 
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     operation = schema["/predict"]["POST"]

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from hdb_mlops import storage
-from hdb_mlops.examples import write_broken_example
-from hdb_mlops.ingest import sha256_file
+from hdb_mlops.data import storage
+from hdb_mlops.data.examples import write_broken_example
+from hdb_mlops.data.ingest import sha256_file
 
 
 @pytest.fixture()

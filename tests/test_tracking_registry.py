@@ -11,18 +11,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdb_mlops import storage
-from hdb_mlops.bundle import (
+from hdb_mlops.data import storage
+from hdb_mlops.model.bundle import (
     IntegrityError,
     load_bundle,
     residual_quantiles,
     save_bundle,
     sha256_file,
 )
-from hdb_mlops.evaluate import Evaluation, holdout
-from hdb_mlops.features import FeatureSpec
-from hdb_mlops.models import PriceModel, make_model
-from hdb_mlops.profile import bin_shares, reference_profile
+from hdb_mlops.model.evaluate import Evaluation, holdout
+from hdb_mlops.model.features import FeatureSpec
+from hdb_mlops.model.models import PriceModel, make_model
+from hdb_mlops.model.profile import bin_shares, reference_profile
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 
@@ -90,7 +90,7 @@ def train(factory, data: dict, out_dir: Path) -> tuple[PriceModel, Evaluation, P
 
 
 def train_log_register(factory, data: dict, tmp_path: Path, label: str, name: str) -> int:
-    from hdb_mlops import registry, tracking
+    from hdb_mlops.model import registry, tracking
 
     model, evaluation, bundle_dir = train(factory, data, tmp_path / label)
     run_id = tracking.log_training(model, evaluation, bundle_dir, experiment=f"exp-{name}")
@@ -216,7 +216,7 @@ def test_same_data_params_and_seed_reproduce_metrics_and_model_hash(data, tmp_pa
 def test_log_training_records_run(store, data, tmp_path):
     from matplotlib.figure import Figure
 
-    from hdb_mlops import tracking
+    from hdb_mlops.model import tracking
 
     model, evaluation, bundle_dir = train(lambda: make_model("median_ppsm"), data, tmp_path / "b")
     fig = Figure()
@@ -264,7 +264,7 @@ def test_log_training_records_run(store, data, tmp_path):
 
 
 def test_register_and_promotion_gate(store, data, tmp_path):
-    from hdb_mlops import registry
+    from hdb_mlops.model import registry
 
     name = "gate-story"
     window = data["window"]
@@ -316,7 +316,7 @@ def test_register_and_promotion_gate(store, data, tmp_path):
 
 
 def test_gate_refuses_broken_models(store, data, tmp_path):
-    from hdb_mlops import registry
+    from hdb_mlops.model import registry
 
     name = "gate-sanity"
     window = data["window"]
@@ -343,7 +343,7 @@ def test_gate_refuses_broken_models(store, data, tmp_path):
 
 
 def test_registry_load_verifies_downloaded_bundle(store, data, tmp_path):
-    from hdb_mlops import registry, tracking
+    from hdb_mlops.model import registry, tracking
 
     name = "gate-integrity"
     version = train_log_register(lambda: make_model("median_ppsm"), data, tmp_path, "m", name)

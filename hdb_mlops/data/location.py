@@ -13,7 +13,7 @@ Two reference tables feed the features, both plain DataFrames:
   - ``geocodes.json`` (best effort): ``{"entries": {"town-block-street": {"lat", "lng",
     "postalCode", "searchValue": "BLOCK STREET_NAME SINGAPORE", ...}}}``; block and street are
     taken from ``searchValue`` because the slug cannot be split back reliably;
-  - the project's own OneMap cache (see :mod:`hdb_mlops.geocode`), a JSON object::
+  - the project's own OneMap cache (see :mod:`hdb_mlops.data.geocode`), a JSON object::
 
         {"format": "hdb-mlops/onemap-geocode-cache", "version": 1, "updated_at": "...",
          "source": "https://www.onemap.gov.sg/api/common/elastic/search",
@@ -458,7 +458,7 @@ def add_location_features(
     """A copy of ``frame`` with float columns latitude, longitude, dist_mrt_km, dist_cbd_km.
 
     ``geocodes`` is a geocode table (:data:`GEOCODE_COLUMNS`, e.g. from :func:`load_geocodes`
-    or :func:`hdb_mlops.geocode.geocode_addresses`), ``stations`` a station table. The join is
+    or :func:`hdb_mlops.data.geocode.geocode_addresses`), ``stations`` a station table. The join is
     on the normalised block and street_name; addresses without coordinates get NaN in all four
     columns, and so do all rows when ``frame`` has no block or street_name column (a warning is
     logged). Distances are great-circle (haversine) km: to the nearest station, and to

@@ -95,7 +95,7 @@ def model_comparison(table: pd.DataFrame, metric: str = "mape") -> Figure:
 
 def level_drift(drift: pd.DataFrame, rolling_per_month: pd.Series | None = None) -> Figure:
     """Holdout error by month, with and without the market-level part
-    (:func:`hdb_mlops.evaluate.level_drift`), next to the rolling protocol's error."""
+    (:func:`hdb_mlops.model.evaluate.level_drift`), next to the rolling protocol's error."""
     fig, ax = _figure()
     months = drift.index.to_timestamp()
     ax.plot(months, drift["mape"], label="trained once (holdout)", color="tab:red")

@@ -3,7 +3,7 @@
 `calibrate_from_file` reads the real data.gov.sg file (parquet, csv or csv.gz) and keeps only
 aggregates: shares, quantiles, and the coefficients of a hedonic log-price model. No row, street
 name or block number of the real data ends up in the calibration, so it can be committed and
-shipped with the package (``hdb_mlops/resources/calibration.json``); `hdb_mlops.synth` turns it
+shipped with the package (``hdb_mlops/resources/calibration.json``); `hdb_mlops.data.synth` turns it
 into a synthetic sample with the official schema.
 
 The generator draws, in this order (each step conditional on the previous ones):
@@ -38,7 +38,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from hdb_mlops.config import CALIBRATION_FILE, real_data_dir
-from hdb_mlops.normalise import (
+from hdb_mlops.data.normalise import (
     clean_text,
     derive_remaining_lease,
     normalise_flat_type,
@@ -46,7 +46,7 @@ from hdb_mlops.normalise import (
     parse_remaining_lease,
     parse_storey_range,
 )
-from hdb_mlops.schema import OFFICIAL_2017_COLUMNS, dataset
+from hdb_mlops.data.schema import OFFICIAL_2017_COLUMNS, dataset
 
 CALIBRATION_VERSION = 1
 #: Names the real 2017+ file goes by, in the order `find_real_file` looks for them.

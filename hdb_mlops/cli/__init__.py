@@ -31,7 +31,7 @@ def _print_report(report: dict, as_json: bool) -> None:
 
 
 def cmd_data_load(args: argparse.Namespace) -> int:
-    from hdb_mlops.ingest import load_files, resale_files
+    from hdb_mlops.data.ingest import load_files, resale_files
 
     paths: list[Path] = []
     for p in args.paths:
@@ -46,7 +46,7 @@ def cmd_data_load(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from hdb_mlops.storage import prepare
+    from hdb_mlops.data.storage import prepare
 
     prepared = prepare(args.source, args.data_dir, rows=args.rows, seed=args.seed, force=args.force)
     if args.json:
@@ -60,7 +60,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
-    from hdb_mlops.download import download_all
+    from hdb_mlops.data.download import download_all
 
     files = download_all(
         args.cache_dir, keys=args.datasets or None, base_url=args.base_url, force=args.force
@@ -72,14 +72,14 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def cmd_data_rules(args: argparse.Namespace) -> int:
-    from hdb_mlops.validate import describe_rules
+    from hdb_mlops.data.validate import describe_rules
 
     print(describe_rules().to_string(index=False))
     return 0
 
 
 def cmd_data_calibrate(args: argparse.Namespace) -> int:
-    from hdb_mlops.calibrate import calibrate_from_file, find_real_file, write_calibration
+    from hdb_mlops.data.calibrate import calibrate_from_file, find_real_file, write_calibration
 
     real = Path(args.real) if args.real else None
     if real is None or real.is_dir():
@@ -95,7 +95,7 @@ def cmd_data_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_sample(args: argparse.Namespace) -> int:
-    from hdb_mlops.synth import write_sample
+    from hdb_mlops.data.synth import write_sample
 
     path = write_sample(Path(args.out), n_rows=args.rows, seed=args.seed)
     print(f"synthetic sample written to {path}")
@@ -103,9 +103,9 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_data_geocode(args: argparse.Namespace) -> int:
-    from hdb_mlops.geocode import fetch_stations, geocode_frame
-    from hdb_mlops.location import geocode_dir
-    from hdb_mlops.storage import prepare
+    from hdb_mlops.data.geocode import fetch_stations, geocode_frame
+    from hdb_mlops.data.location import geocode_dir
+    from hdb_mlops.data.storage import prepare
 
     cache = Path(args.cache_dir) if args.cache_dir else geocode_dir()
     transactions = prepare(args.source, args.data_dir).transactions()
@@ -128,10 +128,10 @@ def _evaluation_summary(ev) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hdb_mlops import evaluate
-    from hdb_mlops.features import FeatureSpec
-    from hdb_mlops.models import make_model
-    from hdb_mlops.storage import prepare
+    from hdb_mlops.data.storage import prepare
+    from hdb_mlops.model import evaluate
+    from hdb_mlops.model.features import FeatureSpec
+    from hdb_mlops.model.models import make_model
 
     transactions = prepare(
         args.source, args.data_dir, rows=args.rows, seed=args.seed
@@ -139,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     kwargs: dict = {}
     locations = None
     if args.location:
-        from hdb_mlops.location import default_location_tables
+        from hdb_mlops.data.location import default_location_tables
 
         locations = default_location_tables()
         if locations is None:
@@ -172,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _locations(wanted: bool):
     if not wanted:
         return None
-    from hdb_mlops.location import default_location_tables
+    from hdb_mlops.data.location import default_location_tables
 
     tables = default_location_tables()
     if tables is None:
@@ -183,8 +183,8 @@ def _locations(wanted: bool):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hdb_mlops.storage import prepare
-    from hdb_mlops.train import train
+    from hdb_mlops.data.storage import prepare
+    from hdb_mlops.model.train import train
 
     prepared = prepare(args.source, args.data_dir, rows=args.rows, seed=args.seed)
     result = train(
@@ -221,7 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
-    from hdb_mlops import registry
+    from hdb_mlops.model import registry
 
     table = registry.list_versions(args.name)
     if args.json:
@@ -232,7 +232,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_show(args: argparse.Namespace) -> int:
-    from hdb_mlops import registry
+    from hdb_mlops.model import registry
 
     ref = int(args.ref) if args.ref.isdigit() else args.ref
     print(json.dumps(registry.show(ref, args.name), indent=2, default=str))
@@ -240,8 +240,8 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def cmd_model_promote(args: argparse.Namespace) -> int:
-    from hdb_mlops import registry
-    from hdb_mlops.storage import prepare
+    from hdb_mlops.data.storage import prepare
+    from hdb_mlops.model import registry
 
     transactions = prepare(args.source, args.data_dir).transactions()
     window = transactions[transactions["month"] > transactions["month"].max() - args.window_months]
@@ -257,7 +257,7 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hdb_mlops.serve import serve
+    from hdb_mlops.serving.server import serve
 
     ref = args.model
     serve(
@@ -272,7 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
-    from hdb_mlops.pipeline import parse_parameter, run
+    from hdb_mlops.course.pipeline import parse_parameter, run
 
     overrides = dict(parse_parameter(p) for p in args.parameter)
     only = [o for item in args.only for o in item.split(",")] if args.only else None
@@ -297,7 +297,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline_list(args: argparse.Namespace) -> int:
-    from hdb_mlops.pipeline import list_notebooks
+    from hdb_mlops.course.pipeline import list_notebooks
 
     for nb in list_notebooks(Path(args.notebooks_dir)):
         print(nb.stem)
@@ -305,7 +305,7 @@ def cmd_pipeline_list(args: argparse.Namespace) -> int:
 
 
 def cmd_notebooks_refresh(args: argparse.Namespace) -> int:
-    from hdb_mlops.pipeline import refresh_committed
+    from hdb_mlops.course.pipeline import refresh_committed
 
     for nb in refresh_committed(names=args.names or None):
         print(f"refreshed {nb.name}")
@@ -488,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from hdb_mlops.ingest import DataFormatError
-    from hdb_mlops.pipeline import PipelineError
+    from hdb_mlops.course.pipeline import PipelineError
+    from hdb_mlops.data.ingest import DataFormatError
 
     try:
         return args.func(args)

@@ -3,7 +3,7 @@
 :func:`build_schemas` makes the pydantic (v2) models at app creation, so the OpenAPI schema
 lists exactly the towns, flat types and flat models the served model knows. A request row has
 the official column names of the data.gov.sg files (``resale_price`` left out) and is checked
-with the loader's own rules (:mod:`hdb_mlops.validate`):
+with the loader's own rules (:mod:`hdb_mlops.data.validate`):
 
 * ``month`` is ``YYYY-MM``, from 1990-01 to ``max_month`` (default: December of next year);
 * ``town``, ``flat_type`` and ``flat_model`` are one of the spec's categories, in any case and
@@ -46,9 +46,8 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from hdb_mlops.features import FeatureSpec
-from hdb_mlops.normalise import LEASE_PATTERN
-from hdb_mlops.schema import (
+from hdb_mlops.data.normalise import LEASE_PATTERN
+from hdb_mlops.data.schema import (
     FIRST_MONTH,
     FLAT_TYPE_ALIASES,
     FLOOR_AREA_RANGE,
@@ -56,6 +55,7 @@ from hdb_mlops.schema import (
     LEASE_YEARS,
     OFFICIAL_2017_COLUMNS,
 )
+from hdb_mlops.model.features import FeatureSpec
 
 #: Columns a request row may have, in the official (2017-onwards) order, without the price.
 REQUEST_COLUMNS: tuple[str, ...] = tuple(c for c in OFFICIAL_2017_COLUMNS if c != "resale_price")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from hdb_mlops.schema import (
+from hdb_mlops.data.schema import (
     BASE_COLUMNS,
     FIRST_MONTH,
     FLAT_TYPES,

@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 
 from hdb_mlops import config
-from hdb_mlops.evaluate import Evaluation, holdout
-from hdb_mlops.features import FeatureSpec
-from hdb_mlops.models import DEFAULT_XGB_PARAMS, PriceModel, make_model
+from hdb_mlops.model.evaluate import Evaluation, holdout
+from hdb_mlops.model.features import FeatureSpec
+from hdb_mlops.model.models import DEFAULT_XGB_PARAMS, PriceModel, make_model
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ def publish(
 ) -> TrainResult:
     """Bundle the model of a holdout evaluation, then (by default) log it to MLflow, register
     it and run the promotion gate on the months after its cut-off."""
-    from hdb_mlops.bundle import residual_quantiles, save_bundle
-    from hdb_mlops.profile import reference_profile
+    from hdb_mlops.model.bundle import residual_quantiles, save_bundle
+    from hdb_mlops.model.profile import reference_profile
 
     if evaluation.fitted is None or evaluation.train is None:
         raise ValueError("publish needs a holdout evaluation (it carries the fitted model)")
@@ -110,7 +110,7 @@ def publish(
     result = TrainResult(model, evaluation, bundle_dir, cutoff)
     if not track:
         return result
-    from hdb_mlops import registry, tracking
+    from hdb_mlops.model import registry, tracking
 
     result.run_id = tracking.log_training(
         model,
@@ -155,7 +155,7 @@ def train(
     train_rows = transactions[transactions["month"] <= pd.Period(cutoff, freq="M")]
     tuning = None
     if tune_trials and model == "xgboost":
-        from hdb_mlops.tune import tune
+        from hdb_mlops.model.tune import tune
 
         tuning = tune(
             train_rows,

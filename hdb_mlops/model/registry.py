@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from hdb_mlops import tracking
-from hdb_mlops.bundle import (
+from hdb_mlops.model import tracking
+from hdb_mlops.model.bundle import (
     METADATA_FILE,
     Bundle,
     BundleError,
@@ -233,7 +233,7 @@ def _cached_bundle(client: MlflowClient, name: str, mv: ModelVersion) -> Bundle:
 
 def load(ref: str | int = CHAMPION, name: str = DEFAULT_NAME) -> Bundle:
     """The bundle of version ``ref`` (a number or an alias such as ``champion``), downloaded
-    to :func:`hdb_mlops.tracking.model_cache_dir` and verified (every file's sha256 and the
+    to :func:`hdb_mlops.model.tracking.model_cache_dir` and verified (every file's sha256 and the
     identity recorded at registration) before it is unpickled."""
     client = tracking.get_client()
     return _cached_bundle(client, name, _version(client, name, ref))
@@ -316,7 +316,7 @@ def _latency_ms(bundle: Bundle, row: pd.DataFrame, calls: int = LATENCY_CALLS) -
 
 def _score(bundle: Bundle, window: pd.DataFrame) -> tuple[np.ndarray, float | None]:
     """Predictions on the window and their MAPE (None when any is not finite)."""
-    from hdb_mlops.evaluate import metrics
+    from hdb_mlops.model.evaluate import metrics
 
     pred = np.asarray(bundle.model.predict(window), dtype="float64").reshape(-1)
     if pred.shape[0] != len(window) or not np.isfinite(pred).all():

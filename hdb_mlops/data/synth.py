@@ -1,7 +1,7 @@
 """The bundled synthetic sample: rows in the official 2017+ schema drawn from the calibration.
 
 `generate_sample` draws every column from the aggregates in ``hdb_mlops/resources/calibration.json``
-(see `hdb_mlops.calibrate` for what they are and the order of the draws) and prices each flat with
+(see `hdb_mlops.data.calibrate` for what they are and the order of the draws) and prices each flat with
 the hedonic model fitted on the real data plus normal noise. Blocks and street names are made up
 from the town name by a fixed rule; they are plausible, not real addresses. The same seed gives the
 same rows, and `write_sample` writes them byte for byte the same.
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hdb_mlops.calibrate import area_era_of, era_of, load_calibration
+from hdb_mlops.data.calibrate import area_era_of, era_of, load_calibration
 from hdb_mlops.config import DEFAULT_SEED, SAMPLE_DIR, SAMPLE_FILE
-from hdb_mlops.normalise import format_remaining_lease
-from hdb_mlops.schema import LEASE_YEARS, OFFICIAL_2017_COLUMNS, dataset
+from hdb_mlops.data.normalise import format_remaining_lease
+from hdb_mlops.data.schema import LEASE_YEARS, OFFICIAL_2017_COLUMNS, dataset
 
 #: Bounds of the synthetic prices (the real 2017+ prices lie in 140,000..1,728,000).
 PRICE_BOUNDS: tuple[int, int] = (140_000, 1_800_000)

@@ -1,6 +1,6 @@
 """One feature function for training and serving alike.
 
-:func:`build_features` turns validated transactions (the frame of :mod:`hdb_mlops.ingest`)
+:func:`build_features` turns validated transactions (the frame of :mod:`hdb_mlops.data.ingest`)
 into the model's input. Serving calls the same function on request rows after
 :func:`transactions_from_records` has normalised them with the loader's own parsers, so a
 model never sees features computed two different ways.
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hdb_mlops.schema import FLAT_TYPES, TOWNS
+from hdb_mlops.data.schema import FLAT_TYPES, TOWNS
 
 FEATURE_VERSION = 1
 
@@ -106,7 +106,7 @@ def build_features(
     out = out[list(spec.numeric)]
     if spec.location:
         if locations is not None:
-            from hdb_mlops.location import add_location_features
+            from hdb_mlops.data.location import add_location_features
 
             located = add_location_features(t, *locations)
             for col in LOCATION_FEATURES:
@@ -128,7 +128,7 @@ def transactions_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFr
     ``block`` and ``street_name`` are optional (they only matter for location features);
     ``remaining_lease`` is optional (derived from the lease start when absent).
     """
-    from hdb_mlops.ingest import parse_fields
+    from hdb_mlops.data.ingest import parse_fields
 
     raw = pd.DataFrame(list(records))
     for col in ("block", "street_name", "remaining_lease"):

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
-    from hdb_mlops.evaluate import Evaluation
-    from hdb_mlops.models import PriceModel
+    from hdb_mlops.model.evaluate import Evaluation
+    from hdb_mlops.model.models import PriceModel
 
 DEFAULT_EXPERIMENT = "hdb-resale-price"
 MLRUNS_DIR = config.PROJECT_DIR / "mlruns"
@@ -218,8 +218,8 @@ def log_training(
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NAME
 
-    from hdb_mlops.bundle import PROFILE_FILE, SPEC_FILE, verify_bundle
-    from hdb_mlops.bundle import sha256_file as _sha256
+    from hdb_mlops.model.bundle import PROFILE_FILE, SPEC_FILE, verify_bundle
+    from hdb_mlops.model.bundle import sha256_file as _sha256
 
     bundle_dir = Path(bundle_dir)
     metadata = verify_bundle(bundle_dir)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from hdb_mlops.models import PriceModel
+from hdb_mlops.model.models import PriceModel
 
 DEFAULT_CUTOFF = "2024-12"
 PRICE_BANDS = (0, 400_000, 600_000, 800_000, 1_000_000, np.inf)

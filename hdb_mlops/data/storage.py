@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from hdb_mlops import config
-from hdb_mlops.ingest import LoadReport, load_files, resale_files, sha256_file
+from hdb_mlops.data.ingest import LoadReport, load_files, resale_files, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def resolve_source(
             )
         return [config.SAMPLE_FILE]
     if str(source) == "download":
-        from hdb_mlops.download import download_all
+        from hdb_mlops.data.download import download_all
 
         raw_dir = (data_dir or config.data_dir()) / "raw"
         return [f.path for f in download_all(raw_dir, **download_kwargs)]

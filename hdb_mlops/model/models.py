@@ -1,7 +1,7 @@
 """Price models: two baselines and XGBoost, all with one interface.
 
 Every model is fitted on normalised transactions (with ``resale_price``) and predicts prices
-for normalised transactions, going through :func:`hdb_mlops.features.build_features`, so the
+for normalised transactions, going through :func:`hdb_mlops.model.features.build_features`, so the
 same object serves training, evaluation and the API.
 
 Prices move with the market, and a tree model cannot extrapolate a trend. The XGBoost model
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hdb_mlops.features import FeatureSpec, build_features, month_index
+from hdb_mlops.model.features import FeatureSpec, build_features, month_index
 
 #: Chosen on a validation holdout inside the training period (train <= 2023-06, test
 #: 2023-07..2024-12), never on the 2025+ test months: a learning rate of 0.05 was ~1% better

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from hdb_mlops.schema import FLAT_TYPE_ALIASES, LEASE_YEARS
+from hdb_mlops.data.schema import FLAT_TYPE_ALIASES, LEASE_YEARS
 
 STOREY_PATTERN = r"^(\d{2}) TO (\d{2})$"
 MONTH_PATTERN = r"^(\d{4})-(0[1-9]|1[0-2])$"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hdb_mlops.schema import OFFICIAL_2017_COLUMNS
+from hdb_mlops.data.schema import OFFICIAL_2017_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd

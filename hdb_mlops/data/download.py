@@ -41,7 +41,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from hdb_mlops.schema import BASE_COLUMNS, DATASETS, Dataset, dataset
+from hdb_mlops.data.schema import BASE_COLUMNS, DATASETS, Dataset, dataset
 
 __all__ = [
     "API_KEY_ENV",
@@ -53,7 +53,7 @@ __all__ = [
     "download_dataset",
 ]
 
-log = logging.getLogger("hdb_mlops.download")
+log = logging.getLogger("hdb_mlops.data.download")
 
 DEFAULT_BASE_URL = "https://api-open.data.gov.sg"
 #: Environment variable overriding the API base URL (a mirror, or a local test server).
@@ -309,7 +309,7 @@ def _check_status(resp: requests.Response, ds: Dataset, step: str, url: str) -> 
     if status == 404 and step != "file download":
         msg = (
             f"dataset id {ds.dataset_id} ({ds.key}) not found on data.gov.sg (HTTP 404 from "
-            f"{_strip_query(url)}); check the id in hdb_mlops.schema.DATASETS against "
+            f"{_strip_query(url)}); check the id in hdb_mlops.data.schema.DATASETS against "
             f"collection 189 on data.gov.sg, and {BASE_URL_ENV} if you set it"
         )
     elif status in (401, 403):

@@ -23,7 +23,7 @@ Requests are paced (``rate`` per second) and retried with exponential backoff on
 answers raise :class:`GeocodeError` at once.
 
 The cache is one JSON file, ``<cache_dir>/onemap-addresses.json`` (format described in
-:mod:`hdb_mlops.location`, which reads it): entries keyed ``"BLOCK|STREET_NAME"``, ``null`` for
+:mod:`hdb_mlops.data.location`, which reads it): entries keyed ``"BLOCK|STREET_NAME"``, ``null`` for
 an address OneMap did not find, so misses are not asked again (``refresh_misses=True`` asks
 again). It is written atomically (temporary file + rename) every ``save_every`` new answers and
 when the run ends, also on an error or Ctrl-C, so an interrupted run resumes where it stopped.
@@ -51,7 +51,7 @@ import pandas as pd
 import requests
 from tqdm import tqdm
 
-from hdb_mlops.location import (
+from hdb_mlops.data.location import (
     ADDRESS_CACHE_FILE,
     CACHE_FORMAT,
     GEOCODE_COLUMNS,
@@ -469,7 +469,7 @@ def geocode_addresses(
 ) -> pd.DataFrame:
     """Geocode (block, street_name) pairs with OneMap; cached answers make no request.
 
-    Returns the geocode table (:data:`hdb_mlops.location.GEOCODE_COLUMNS`) with one row per
+    Returns the geocode table (:data:`hdb_mlops.data.location.GEOCODE_COLUMNS`) with one row per
     distinct normalised address, in first-seen order, and NaN coordinates for misses. Raises
     :class:`GeocodeError` when OneMap keeps failing (after ``retries`` retries), refuses the
     request, or the cache file is corrupt; answers received before the error stay cached.
@@ -574,11 +574,11 @@ def fetch_stations(
     ``SEARCHVAL`` is a station ("ANG MO KIO MRT STATION", optionally with codes in
     brackets; exits are skipped), averaging the coordinates of repeated stations. With the
     file already present and ``refresh=False``, it is read instead (no request). Returns the
-    station table (:data:`hdb_mlops.location.STATION_COLUMNS`); the CSV is what
-    :func:`hdb_mlops.location.default_location_tables` picks up. Best effort: OneMap's search
+    station table (:data:`hdb_mlops.data.location.STATION_COLUMNS`); the CSV is what
+    :func:`hdb_mlops.data.location.default_location_tables` picks up. Best effort: OneMap's search
     ranking decides what is found, so the count is logged and a short list is warned about.
     """
-    from hdb_mlops.location import load_stations
+    from hdb_mlops.data.location import load_stations
 
     path = Path(cache_dir) / STATIONS_CSV
     if path.exists() and not refresh:

@@ -4,7 +4,7 @@ Layout of a bundle directory::
 
     model.joblib             the fitted PriceModel (joblib pickle)
     feature_spec.json        FeatureSpec.to_dict() of the model (human-readable copy)
-    reference_profile.json   hdb_mlops.profile.reference_profile() of the training data
+    reference_profile.json   hdb_mlops.model.profile.reference_profile() of the training data
     metadata.json            model name and class, params, metrics, residual quantiles,
                              data_hash, git, created_at, library versions, model hashes,
                              ``files``: {file name: sha256} of every other file,
@@ -16,7 +16,7 @@ metadata.json bytes is the bundle's identity (:attr:`Bundle.sha256`); the model 
 stores it with each version and checks it again on download.
 
 Reproducibility: the model hash is the sha256 of ``model.joblib``. joblib pickles of the
-models in :mod:`hdb_mlops.models` are byte-stable (checked across processes and hash seeds
+models in :mod:`hdb_mlops.model.models` are byte-stable (checked across processes and hash seeds
 with the pinned numpy/pandas/scikit-learn/XGBoost), so the same data, parameters and seed
 give the same ``model_sha256``. A pickle's bytes may still change with a library upgrade;
 for XGBoost models metadata.json therefore also records ``booster_sha256``, the sha256 of
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hdb_mlops.features import FeatureSpec
-from hdb_mlops.ingest import sha256_file  # one implementation, re-exported here
-from hdb_mlops.models import PriceModel
+from hdb_mlops.data.ingest import sha256_file  # one implementation, re-exported here
+from hdb_mlops.model.features import FeatureSpec
+from hdb_mlops.model.models import PriceModel
 
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.joblib"

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hdb_mlops import validate
-from hdb_mlops.normalise import (
+from hdb_mlops.data import validate
+from hdb_mlops.data.normalise import (
     clean_text,
     derive_remaining_lease,
     normalise_flat_type,
@@ -31,7 +31,7 @@ from hdb_mlops.normalise import (
     parse_remaining_lease,
     parse_storey_range,
 )
-from hdb_mlops.schema import ALL_COLUMNS, BASE_COLUMNS
+from hdb_mlops.data.schema import ALL_COLUMNS, BASE_COLUMNS
 
 #: Columns of the normalised frame, in order.
 FRAME_COLUMNS: tuple[str, ...] = (

@@ -19,7 +19,8 @@ from typing import Any
 
 import nbformat
 
-from hdb_mlops import config, keyfigures
+from hdb_mlops import config
+from hdb_mlops.course import keyfigures
 
 log = logging.getLogger(__name__)
 

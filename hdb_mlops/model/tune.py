@@ -15,9 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from hdb_mlops.evaluate import metrics
-from hdb_mlops.features import FeatureSpec, month_index
-from hdb_mlops.models import DEFAULT_XGB_PARAMS, XGBoostModel
+from hdb_mlops.model.evaluate import metrics
+from hdb_mlops.model.features import FeatureSpec, month_index
+from hdb_mlops.model.models import DEFAULT_XGB_PARAMS, XGBoostModel
 
 log = logging.getLogger(__name__)
 

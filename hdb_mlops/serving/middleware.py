@@ -1,0 +1,133 @@
+"""ASGI middleware: request ids, the body size limit, metrics and one log line per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from pydantic_core import to_json
+
+from hdb_mlops.serving.errors import BodyTooLarge
+from hdb_mlops.serving.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware: request id (``X-Request-ID`` set or echoed), body size limit,
+    metrics by route template and status, one JSON log line per request, and a JSON 500 for
+    any unhandled exception (never an HTML or plain-text page)."""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self._paths: frozenset[str] | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        rid = None
+        content_length = None
+        for key, value in scope.get("headers", ()):
+            if key == b"x-request-id":
+                candidate = value.decode("latin-1")
+                rid = candidate if _REQUEST_ID_RE.match(candidate) else None
+            elif key == b"content-length":
+                content_length = value
+        rid = rid or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        rid_header = (b"x-request-id", rid.encode())
+        status = 500
+        started = False
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), rid_header]}
+            await send(message)
+
+        limit = self.max_body_bytes
+        received = 0
+
+        async def receive_limited() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        too_large = {"field": "body", "reason": str(BodyTooLarge(limit).detail)}
+        try:
+            if content_length is not None and int(content_length) > limit:
+                await self._send_error(send_with_id, 413, "payload_too_large", [too_large], rid)
+            else:
+                await self.app(scope, receive_limited, send_with_id)
+        except BodyTooLarge:
+            if not started:
+                await self._send_error(send_with_id, 413, "payload_too_large", [too_large], rid)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid, "path": scope.get("path")})
+            if not started:
+                detail = [{"field": "", "reason": "internal error; see the logs for request_id"}]
+                await self._send_error(send_with_id, 500, "internal_error", detail, rid)
+        finally:
+            elapsed = time.perf_counter() - start
+            endpoint = self._endpoint(scope)
+            method = scope.get("method", "")
+            method = method if method in _HTTP_METHODS else "OTHER"  # bounded label values
+            self.metrics.observe_request(method, endpoint, str(status), elapsed)
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": rid,
+                        "method": method,
+                        "path": scope.get("path"),
+                        "endpoint": endpoint,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                )
+
+    def _endpoint(self, scope: dict) -> str:
+        """The route template for metrics: the matched route's path, else the request path
+        when it is one of the app's (static) routes, else "unmatched" (bounded labels)."""
+        route_path = getattr(scope.get("route"), "path", None)
+        if route_path:
+            return route_path
+        if self._paths is None:
+            app = scope.get("app")
+            self._paths = frozenset(getattr(r, "path", "") for r in getattr(app, "routes", ()))
+        path = scope.get("path", "")
+        return path if path in self._paths else "unmatched"
+
+    @staticmethod
+    async def _send_error(
+        send: Any, status: int, error: str, detail: list[dict[str, str]], rid: str
+    ) -> None:
+        body = to_json({"error": error, "detail": detail, "request_id": rid})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
