@@ -1,6 +1,8 @@
-"""The FastAPI application factory: routes, dependencies and error handlers."""
+"""The FastAPI application factory: routes, dependencies and error handlers.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI reads the route signatures at run
+time, and the request models are local to :func:`create_app`.
+"""
 
 import json
 import logging
