@@ -74,7 +74,7 @@ def load_transactions(source: Path) -> pd.DataFrame:
 
 def location_tables(source: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The (geocodes, stations) tables beside the data, or the machine's defaults."""
-    from hdb_mlops.data.location import default_location_tables
+    from hdb_mlops.data.location_files import default_location_tables
 
     folder = source if source.is_dir() else source.parent
     previous = os.environ.get(config.REAL_DATA_ENV)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from datagov_stub import DatagovStub, StubResponse
 
-from hdb_mlops.data import download as dl
-from hdb_mlops.data.download import DownloadedFile, DownloadError, download_all, download_dataset
+from hdb_mlops.data import datagov
+from hdb_mlops.data.datagov import DownloadedFile, DownloadError
+from hdb_mlops.data.download import download_all, download_dataset
 from hdb_mlops.data.schema import DATASETS, OFFICIAL_2017_COLUMNS, dataset
 
 KEY = "2017-onwards"
@@ -45,8 +46,8 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reaches data.gov.sg: the default base URL points at a closed local port."""
-    monkeypatch.setenv(dl.BASE_URL_ENV, "http://127.0.0.1:9")
-    monkeypatch.delenv(dl.API_KEY_ENV, raising=False)
+    monkeypatch.setenv(datagov.BASE_URL_ENV, "http://127.0.0.1:9")
+    monkeypatch.delenv(datagov.API_KEY_ENV, raising=False)
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def test_success_end_to_end_with_poll_in_progress(
 def test_headers_user_agent_and_api_key_not_leaked_to_file_url(
     stub: DatagovStub, tmp_path: Path, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(dl.API_KEY_ENV, "secret-key")
+    monkeypatch.setenv(datagov.API_KEY_ENV, "secret-key")
     fetch(stub, tmp_path, sleeps)
 
     for req in stub.requests:
@@ -289,7 +290,7 @@ def test_dataset_id_is_accepted(stub: DatagovStub, tmp_path: Path, sleeps: list[
 def test_env_var_base_url(
     stub: DatagovStub, tmp_path: Path, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(dl.BASE_URL_ENV, stub.url + "/")
+    monkeypatch.setenv(datagov.BASE_URL_ENV, stub.url + "/")
     result = download_dataset(KEY, tmp_path, progress=False, sleep=sleeps.append)
     assert_good_file(result, tmp_path)
     assert stub.count() == 4

@@ -18,17 +18,15 @@ import pandas as pd
 import pytest
 
 from hdb_mlops import config
-from hdb_mlops.data import geocode, location
+from hdb_mlops.data import location, location_files, onemap
 from hdb_mlops.data.geocode import (
     AddressCache,
-    GeocodeError,
-    RateLimiter,
     fetch_stations,
     geocode_addresses,
     geocode_frame,
-    pick_result,
 )
 from hdb_mlops.data.location import ADDRESS_CACHE_FILE, CACHE_FORMAT, add_location_features
+from hdb_mlops.data.onemap import GeocodeError, RateLimiter, pick_result
 
 # --------------------------------------------------------------------------------------------
 # The stub
@@ -360,7 +358,7 @@ def test_cache_hit_makes_no_request(stub, tmp_path, sleeps):
 
 def test_cache_is_readable_by_load_geocodes(stub, tmp_path, sleeps):
     run(stub, [("406", "ANG MO KIO AVE 10"), ("999", "NOWHERE RD")], tmp_path, sleeps)
-    table = location.load_geocodes(tmp_path / ADDRESS_CACHE_FILE)
+    table = location_files.load_geocodes(tmp_path / ADDRESS_CACHE_FILE)
     assert table["block"].tolist() == ["406"]  # the cached miss is not a geocode
 
 
@@ -379,8 +377,8 @@ def test_corrupt_cache_is_a_clear_error_and_left_untouched(stub, tmp_path, sleep
 
 
 def test_base_url_and_token_from_the_environment(stub, tmp_path, sleeps, monkeypatch):
-    monkeypatch.setenv(geocode.BASE_URL_ENV, stub.url + "/")
-    monkeypatch.setenv(geocode.TOKEN_ENV, "secret-token")
+    monkeypatch.setenv(onemap.BASE_URL_ENV, stub.url + "/")
+    monkeypatch.setenv(onemap.TOKEN_ENV, "secret-token")
     table = geocode_addresses(
         [("406", "ANG MO KIO AVE 10")], tmp_path, rate=0, sleep=sleeps.append, progress=False
     )
@@ -504,10 +502,10 @@ def test_fetch_stations_pages_and_caches(stub, tmp_path, sleeps, monkeypatch):
     monkeypatch.setattr(config, "real_data_dir", lambda: None)
     monkeypatch.setenv("HDB_MLOPS_DATA_DIR", str(tmp_path))
     cache_dir = tmp_path / "geocode"
-    assert location.default_location_tables() is None
+    assert location_files.default_location_tables() is None
     (cache_dir).mkdir()
     (tmp_path / "stations.csv").rename(cache_dir / "stations.csv")
-    assert location.default_location_tables() is None  # stations but no geocodes yet
+    assert location_files.default_location_tables() is None  # stations but no geocodes yet
     run(stub, [("406", "ANG MO KIO AVE 10")], cache_dir, sleeps)
-    geocodes, station_table = location.default_location_tables()
+    geocodes, station_table = location_files.default_location_tables()
     assert geocodes["block"].tolist() == ["406"] and len(station_table) == 3

@@ -11,19 +11,17 @@ import pandas as pd
 import pytest
 
 from hdb_mlops import config
-from hdb_mlops.data import location
+from hdb_mlops.data import location, location_files
 from hdb_mlops.data.location import (
     CBD,
     FEATURE_COLUMNS,
     GEOCODE_COLUMNS,
     add_location_features,
-    default_location_tables,
     haversine_km,
-    load_geocodes,
-    load_stations,
     location_coverage,
     nearest_station_km,
 )
+from hdb_mlops.data.location_files import default_location_tables, load_geocodes, load_stations
 
 # Made-up coordinates in Singapore's lat/lng range.
 GEOCODES = pd.DataFrame(
@@ -309,7 +307,7 @@ def test_load_stations_geojson_and_csv(tmp_path):
 def test_default_tables_none_without_any_source(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "real_data_dir", lambda: None)
     monkeypatch.setenv("HDB_MLOPS_DATA_DIR", str(tmp_path))
-    assert location.geocode_dir() == tmp_path / "geocode"
+    assert location_files.geocode_dir() == tmp_path / "geocode"
     assert default_location_tables() is None
 
 

@@ -3,8 +3,12 @@
 Formats: CSV, gzip-compressed CSV and parquet. Every row that is read ends up either in the
 returned frame or in the quarantine with the rule it failed: ``rows_in == rows_kept +
 rows_quarantined`` for every file. A file that cannot be an HDB resale file (empty, wrong
-delimiter, missing or unexpected columns, corrupt compression) raises :class:`DataFormatError`
-with a message that names the problem and the fix.
+delimiter, missing columns, corrupt compression) raises :class:`DataFormatError` with a
+message that names the problem and the fix.
+
+Publishers add columns (``remaining_lease`` appeared in 2015): a file with every official
+column plus others loads with an :class:`ExtraColumnsWarning` naming them, lists them in
+:attr:`LoadReport.extra_columns` and otherwise ignores them; ``strict=True`` refuses it.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import warnings
 import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,7 +37,13 @@ from hdb_mlops.data.normalise import (
     parse_remaining_lease,
     parse_storey_range,
 )
-from hdb_mlops.data.schema import ALL_COLUMNS, BASE_COLUMNS
+from hdb_mlops.data.schema import (
+    BASE_COLUMNS,
+    DataFormatError,
+    ExtraColumnsWarning,
+    check_header,
+    column_names,
+)
 
 #: Columns of the normalised frame, in order.
 FRAME_COLUMNS: tuple[str, ...] = (
@@ -66,8 +78,15 @@ QUARANTINE_COLUMNS: tuple[str, ...] = (
 SUFFIXES = (".parquet", ".csv.gz", ".csv")
 
 
-class DataFormatError(ValueError):
-    """A file that cannot be read as an HDB resale file; the message says why and what to do."""
+class RawFile(NamedTuple):
+    """A resale file read as strings."""
+
+    #: The official columns of the rows that could be split into fields, plus ``source_row``.
+    rows: pd.DataFrame
+    #: The records that could not (``raw_line``, ``source_row``, ``rule``, ``reason``).
+    unsplittable: pd.DataFrame
+    #: Columns beyond the official ones: read past, not returned.
+    extra_columns: list[str]
 
 
 @dataclass
@@ -82,6 +101,8 @@ class LoadReport:
     sha256: dict[str, str] = field(default_factory=dict)
     month_min: str | None = None
     month_max: str | None = None
+    #: Per source file, the columns beyond the official ones that were read and ignored.
+    extra_columns: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def reconciles(self) -> bool:
@@ -133,38 +154,9 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _check_header(columns: list[str], name: str) -> list[str]:
-    """Normalise header names and refuse files that are not resale files."""
-    cols = [str(c).strip().lower() for c in columns]
-    if len(cols) == 1:
-        for sep, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
-            if sep in cols[0]:
-                raise DataFormatError(
-                    f"{name}: the header is {label}-separated ({cols[0][:60]!r}...); "
-                    "HDB resale files are comma-separated CSV: re-export the file with commas"
-                )
-    missing = [c for c in BASE_COLUMNS if c not in cols]
-    unexpected = [c for c in cols if c not in ALL_COLUMNS]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing column(s) {', '.join(missing)}")
-        if unexpected:
-            shown = ", ".join(repr(c) for c in unexpected[:5])
-            more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
-            parts.append(f"unexpected column(s) {shown}{more}")
-        raise DataFormatError(
-            f"{name} is not an HDB resale file: {'; '.join(parts)}. Expected the data.gov.sg "
-            f"columns {', '.join(BASE_COLUMNS)} (and remaining_lease from 2015 on)"
-        )
-    duplicated = sorted({c for c in cols if cols.count(c) > 1})
-    if duplicated:
-        raise DataFormatError(f"{name}: duplicated column(s) {', '.join(duplicated)}")
-    return cols
-
-
-def _read_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All fields as strings, plus the records with the wrong number of fields."""
+def _read_csv(path: Path, strict: bool) -> RawFile:
+    """The official fields as strings, the records with the wrong number of fields, the extra
+    columns' names."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -174,17 +166,12 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     # Undecodable bytes become U+FFFD, which the utf8 rule then quarantines with the field name.
     text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
     header_line = text.split("\n", 1)[0].rstrip("\r")
-    header = _check_header(header_line.split(","), path.name)
-    bad: list[tuple[int | None, str]] = []
+    header, extra = check_header(header_line.split(","), path.name, strict=strict)
+    bad: list[tuple[int | None, str, str]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
-        bad.append(
-            (
-                row.number,
-                f"expected {row.expected_columns} fields, found {row.actual_columns}",
-                row.text,
-            )
-        )
+        found = f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        bad.append((row.number, found, row.text))
         return "skip"
 
     try:
@@ -193,7 +180,9 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             read_options=pacsv.ReadOptions(use_threads=False, column_names=header, skip_rows=1),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in header}, strings_can_be_null=False
+                column_types={c: pa.string() for c in header},
+                strings_can_be_null=False,
+                include_columns=[c for c in header if c not in extra],
             ),
         )
     except pa.ArrowInvalid as exc:
@@ -213,7 +202,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             ],
         }
     )
-    return raw, invalid
+    return RawFile(raw, invalid, extra)
 
 
 def _fill_record_numbers(n_valid: int, bad_numbers: list[int]) -> np.ndarray:
@@ -224,15 +213,16 @@ def _fill_record_numbers(n_valid: int, bad_numbers: list[int]) -> np.ndarray:
     return numbers[:n_valid]
 
 
-def _read_parquet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A parquet copy of a resale file, every column as strings like the CSV gives them."""
+def _read_parquet(path: Path, strict: bool) -> RawFile:
+    """A parquet copy of a resale file, the official columns as strings like the CSV gives
+    them, and the extra columns' names."""
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DataFormatError(f"{path.name}: cannot be read as parquet ({exc})") from None
-    frame.columns = _check_header(list(frame.columns), path.name)
+    frame.columns, extra = check_header(list(frame.columns), path.name, strict=strict)
     raw = pd.DataFrame(index=frame.index)
-    for col in frame.columns:
+    for col in (c for c in frame.columns if c not in extra):
         values = frame[col]
         if pd.api.types.is_float_dtype(values):
             # 450000.0 -> "450000", 60.3 -> "60.3": as the official CSV writes them
@@ -242,15 +232,19 @@ def _read_parquet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raw[col] = text.astype("str")
     raw = raw.reset_index(drop=True)
     raw["source_row"] = np.arange(1, len(raw) + 1, dtype=np.int64)
-    return raw, pd.DataFrame(columns=["raw_line", "source_row", "rule", "reason"])
+    return RawFile(raw, pd.DataFrame(columns=["raw_line", "source_row", "rule", "reason"]), extra)
 
 
-def read_raw(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read a resale file as strings: (rows, records that could not be split into fields)."""
+def read_raw(path: Path | str, *, strict: bool = False) -> RawFile:
+    """Read a resale file as strings: rows, records that could not be split, extra columns.
+
+    ``strict`` refuses a file with columns beyond the official ones (:class:`DataFormatError`);
+    by default they are skipped and named in ``extra_columns``.
+    """
     path = Path(path)
     if path.suffix == ".parquet":
-        return _read_parquet(path)
-    return _read_csv(path)
+        return _read_parquet(path, strict)
+    return _read_csv(path, strict)
 
 
 # --------------------------------------------------------------------------- normalising
@@ -294,13 +288,23 @@ def _typed(parsed: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def load_file(path: Path | str, *, max_month: str | None = None) -> LoadResult:
+def load_file(
+    path: Path | str, *, max_month: str | None = None, strict: bool = False
+) -> LoadResult:
     """Load one resale file (CSV, CSV.gz or parquet) into normalised valid rows + quarantine.
 
     ``max_month`` ("YYYY-MM") bounds the month_range rule; by default the current month.
+    Columns beyond the official ones are ignored with an :class:`ExtraColumnsWarning` and
+    listed in the report's ``extra_columns``; ``strict`` refuses such a file instead.
     """
     path = Path(path)
-    raw, unsplittable = read_raw(path)
+    raw, unsplittable, extra = read_raw(path, strict=strict)
+    if extra:
+        message = (
+            f"{path.name}: unexpected column(s) {column_names(extra)} beyond the official ones "
+            "were ignored (kept in the raw file, not in the loaded rows); --strict refuses them"
+        )
+        warnings.warn(message, ExtraColumnsWarning, stacklevel=2)
     parsed = parse_fields(raw)
     failures = validate.check(raw, parsed, max_month=max_month)
     bad = failures.index
@@ -327,6 +331,7 @@ def load_file(path: Path | str, *, max_month: str | None = None) -> LoadResult:
         sha256={path.name: sha256_file(path)},
         month_min=str(months.min()) if len(months) else None,
         month_max=str(months.max()) if len(months) else None,
+        extra_columns={path.name: extra} if extra else {},
     )
     return LoadResult(frame, quarantine, report)
 
@@ -344,9 +349,14 @@ def _shape_quarantine(quarantine: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def load_files(paths: Iterable[Path | str], *, max_month: str | None = None) -> LoadResult:
-    """Load several resale files and combine them, sorted by month; reports are summed."""
-    results = [load_file(p, max_month=max_month) for p in paths]
+def load_files(
+    paths: Iterable[Path | str], *, max_month: str | None = None, strict: bool = False
+) -> LoadResult:
+    """Load several resale files and combine them, sorted by month; reports are summed.
+
+    ``strict`` refuses any file with columns beyond the official ones (see :func:`load_file`).
+    """
+    results = [load_file(p, max_month=max_month, strict=strict) for p in paths]
     if not results:
         raise DataFormatError("no resale files given")
     frame = pd.concat([r.frame for r in results], ignore_index=True)
@@ -369,6 +379,7 @@ def load_files(paths: Iterable[Path | str], *, max_month: str | None = None) -> 
         sha256={k: v for r in results for k, v in r.report.sha256.items()},
         month_min=str(frame["month"].min()) if len(frame) else None,
         month_max=str(frame["month"].max()) if len(frame) else None,
+        extra_columns={k: v for r in results for k, v in r.report.extra_columns.items()},
     )
     return LoadResult(frame, quarantine, report)
 

@@ -2,11 +2,19 @@
 
 Each parser takes a pandas Series of strings and returns numbers, with NaN where a value
 cannot be parsed, so the validation rules can say which rows failed and why.
+
+The arithmetic behind the parsed columns (month counts, storey mid, the lease taken to start
+mid-year, the derived remaining lease) is in small functions that take Python numbers, numpy
+arrays or pandas Series alike (:func:`month_count`, :func:`storey_mid`,
+:func:`lease_age_months`, :func:`derived_remaining_lease_months`): the loader applies them
+to whole columns and the prediction service to one request row, so there is one copy of
+each formula.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -17,6 +25,54 @@ STOREY_PATTERN = r"^(\d{2}) TO (\d{2})$"
 MONTH_PATTERN = r"^(\d{4})-(0[1-9]|1[0-2])$"
 # "61 years 04 months", "62 years 01 month", "62 years", "66 years 0 months"
 LEASE_PATTERN = r"^(\d{1,2}) years?(?: (\d{1,2}) months?)?$"
+#: A full lease in months (the derived remaining lease is capped at it).
+LEASE_MONTHS = LEASE_YEARS * 12
+#: Only the commencement year of a lease is published: it is taken to start in July.
+LEASE_START_MONTH = 7
+
+#: A Python number, a numpy array or a pandas Series (the arithmetic helpers take any).
+Num: TypeAlias = float | np.ndarray | pd.Series
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def month_count(year: Num, month: Num) -> Num:
+    """Months since January of year 0 (``year * 12 + month - 1``, month 1..12): the scale
+    the month and lease arithmetic is done on."""
+    return year * 12 + (month - 1)
+
+
+def storey_mid(storey_low: Num, storey_high: Num) -> Num:
+    """The middle storey of a band ("10 TO 12" -> 11.0)."""
+    return (storey_low + storey_high) / 2
+
+
+def lease_age_months(sale_month: Num, lease_commence_year: Num) -> Num:
+    """Months from the start of the lease (taken to be July of its commencement year) to the
+    sale; ``sale_month`` is a :func:`month_count`. Negative for a sale before that July."""
+    return sale_month - month_count(lease_commence_year, LEASE_START_MONTH)
+
+
+def derived_remaining_lease_months(age_months: Num) -> Num:
+    """Remaining lease from the lease's age in months (:func:`lease_age_months`): a full
+    lease minus the age, capped at 99 years (a flat sold in its first months). NaN stays NaN."""
+    remaining = LEASE_MONTHS - age_months
+    if isinstance(remaining, np.ndarray | pd.Series):
+        return np.minimum(remaining, float(LEASE_MONTHS))
+    return float(LEASE_MONTHS) if remaining > LEASE_MONTHS else remaining
+
+
+def fill_missing(values: Num, fallback: Num) -> Num:
+    """``values`` with NaN replaced by ``fallback`` (element-wise for arrays and Series)."""
+    if isinstance(values, pd.Series):
+        return values.fillna(fallback)
+    if isinstance(values, np.ndarray):
+        return np.where(np.isnan(values), fallback, values)
+    return fallback if values != values else values  # NaN is the one value unequal to itself
+
+
+# --------------------------------------------------------------------------- parsers
 
 
 def on_unique(values: pd.Series, parse: Callable[[pd.Series], pd.Series | pd.DataFrame]):
@@ -82,7 +138,7 @@ def _parse_storey_range(values: pd.Series) -> pd.DataFrame:
     low = pd.to_numeric(parts[0], errors="coerce")
     high = pd.to_numeric(parts[1], errors="coerce")
     return pd.DataFrame(
-        {"storey_low": low, "storey_high": high, "storey_mid": (low + high) / 2},
+        {"storey_low": low, "storey_high": high, "storey_mid": storey_mid(low, high)},
         index=values.index,
     )
 
@@ -113,12 +169,12 @@ def derive_remaining_lease(month: pd.Series, lease_commence_year: pd.Series) -> 
     Only the commencement year is published, so the lease is taken to start mid-year: on the
     2017+ file, where both are published, this matches the reported value with a median error
     of 0 months (interquartile range -3 to +3 months). A flat sold in its first months is
-    given the full 99 years.
+    given the full 99 years. (The arithmetic: :func:`lease_age_months`,
+    :func:`derived_remaining_lease_months`.)
     """
-    sale_index = month.dt.year * 12 + (month.dt.month - 1)
-    end_index = (lease_commence_year + LEASE_YEARS) * 12 + 6
-    remaining = (end_index - sale_index).astype("float64").clip(upper=LEASE_YEARS * 12)
-    return remaining.where(month.notna())
+    sale = month_count(month.dt.year, month.dt.month)
+    age = lease_age_months(sale, lease_commence_year).astype("float64")
+    return derived_remaining_lease_months(age).where(month.notna())
 
 
 def format_remaining_lease(months: pd.Series) -> pd.Series:

@@ -1,7 +1,8 @@
 """The official HDB resale schema: columns, known values and the five data.gov.sg datasets.
 
 Everything here is a fact about the published data (collection 189 on data.gov.sg), kept in
-one place so the loader, the validator, the sample generator and the download client agree.
+one place so the loader, the validator, the sample generator and the download client agree;
+:func:`check_header` is how a file's header is held against it.
 """
 
 from __future__ import annotations
@@ -131,4 +132,64 @@ def datasets_table():
             }
             for ds in DATASETS
         ]
+    )
+
+
+class DataFormatError(ValueError):
+    """A file that cannot be read as an HDB resale file; the message says why and what to do."""
+
+
+class ExtraColumnsWarning(UserWarning):
+    """A resale file has columns beyond the official ones: they are loaded and ignored."""
+
+
+def column_names(columns: list[str]) -> str:
+    """Column names quoted for a message, at most five of them."""
+    shown = ", ".join(repr(c) for c in columns[:5])
+    return shown + (f" and {len(columns) - 5} more" if len(columns) > 5 else "")
+
+
+def check_header(
+    columns: list[str], name: str, *, strict: bool = False
+) -> tuple[list[str], list[str]]:
+    """The normalised header names and the extra ones among them; refuse non-resale files.
+
+    A file lacking an official column, with a duplicated column or another delimiter raises
+    :class:`DataFormatError`. A file with every official column plus others is a resale file
+    whose publisher added a column (as with ``remaining_lease`` in 2015): the extra columns
+    are returned so the loader can ignore them (and warn, naming them); with ``strict`` they
+    are refused instead.
+    """
+    cols = [str(c).strip().lower() for c in columns]
+    if len(cols) == 1:
+        for sep, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if sep in cols[0]:
+                raise DataFormatError(
+                    f"{name}: the header is {label}-separated ({cols[0][:60]!r}...); "
+                    "HDB resale files are comma-separated CSV: re-export the file with commas"
+                )
+    missing = [c for c in BASE_COLUMNS if c not in cols]
+    extra = [c for c in cols if c not in ALL_COLUMNS]
+    if missing:
+        parts = [f"missing column(s) {', '.join(missing)}"]
+        if extra:
+            parts.append(f"unexpected column(s) {column_names(extra)}")
+        raise DataFormatError(
+            f"{name} is not an HDB resale file: {'; '.join(parts)}. Expected the data.gov.sg "
+            f"columns {', '.join(BASE_COLUMNS)} (and remaining_lease from 2015 on)"
+        )
+    duplicated = sorted({c for c in cols if cols.count(c) > 1})
+    if duplicated:
+        raise DataFormatError(f"{name}: duplicated column(s) {column_names(duplicated)}")
+    if extra and strict:
+        raise strict_refusal(name, extra)
+    return cols, extra
+
+
+def strict_refusal(name: str, extra: list[str]) -> DataFormatError:
+    """The error for a file with extra columns in strict mode: what they are, how to proceed."""
+    return DataFormatError(
+        f"{name}: unexpected column(s) {column_names(extra)} beyond the official ones, refused "
+        "in strict mode; rerun without --strict to load it with a warning (the extra "
+        "column(s) stay in the raw file and are ignored by the interim and processed layers)"
     )

@@ -1,6 +1,10 @@
 """The data layers: raw (as downloaded, checksummed) -> interim (normalised, validated, with a
 quarantine) -> processed (analysis-ready), each written as parquet and listed in a manifest.
 
+The raw layer is the input files themselves, never rewritten: a column the publisher added
+stays there, while interim and processed hold the official columns only and the manifest's
+``load.extra_columns`` names what was ignored (``strict=True`` refuses such inputs).
+
 :func:`prepare` is what notebooks, the CLI and the pipeline call. It is idempotent: when the
 inputs and parameters have not changed, it returns what is already on disk.
 """
@@ -17,6 +21,7 @@ import pandas as pd
 
 from hdb_mlops import config
 from hdb_mlops.data.ingest import LoadReport, load_files, resale_files, sha256_file
+from hdb_mlops.data.schema import strict_refusal
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +136,16 @@ def prepare(
     seed: int = config.DEFAULT_SEED,
     max_month: str | None = None,
     force: bool = False,
+    strict: bool = False,
     **download_kwargs,
 ) -> Prepared:
     """Load, validate and layer a data source into ``data_dir``; reuse it when unchanged.
 
     ``rows`` keeps a seeded random subset of the valid rows in the processed layer (the
-    interim layer and the report always cover every input row).
+    interim layer and the report always cover every input row). ``strict`` refuses inputs
+    with columns beyond the official ones, which otherwise load with a warning and are
+    listed in the manifest's ``load.extra_columns``; it does not change the data, so it is
+    not part of the data hash.
     """
     data_dir = Path(data_dir) if data_dir is not None else config.data_dir()
     files = resolve_source(source, data_dir, **download_kwargs)
@@ -153,10 +162,12 @@ def prepare(
         and existing.get("data_hash") == data_hash
         and all((data_dir / name).exists() for name in existing["layers"])
     ):
+        if strict:
+            _refuse_extra_columns(existing)
         log.info("data in %s is up to date (%s)", data_dir, data_hash[:12])
         return Prepared(data_dir, existing)
 
-    result = load_files(files, max_month=max_month)
+    result = load_files(files, max_month=max_month, strict=strict)
     if not result.report.reconciles:  # a bug, never a data problem: stop loudly
         raise AssertionError(f"row counts do not reconcile: {result.report}")
     processed = add_derived_columns(result.frame)
@@ -178,3 +189,9 @@ def prepare(
     }
     (data_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Prepared(data_dir, manifest)
+
+
+def _refuse_extra_columns(manifest: dict) -> None:
+    """In strict mode, refuse up-to-date layers that were built ignoring extra columns."""
+    for name, extra in manifest.get("load", {}).get("extra_columns", {}).items():
+        raise strict_refusal(name, extra)
