@@ -12,17 +12,15 @@ import pandas as pd
 import pytest
 
 from hdb_mlops.data.location import make_geocode_table
+from hdb_mlops.model.encoding import AddressEncoder, address_keys, row_keys
 from hdb_mlops.model.evaluate import holdout, metrics, split_holdout
 from hdb_mlops.model.features import FeatureSpec, month_index
 from hdb_mlops.model.models import (
-    AddressEncoder,
     LinearModel,
     MedianPpsmBaseline,
     TrendIndex,
     XGBoostModel,
-    address_keys,
     make_model,
-    row_keys,
 )
 
 FAST_XGB = {

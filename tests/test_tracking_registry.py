@@ -243,21 +243,29 @@ def test_log_training_records_run(store, data, tmp_path):
     assert tags["protocol"] == "holdout" and tags["owner"] == "tests"
     assert tags["bundle_sha256"] == sha256_file(bundle_dir / "metadata.json")
     root = {f.path for f in client.list_artifacts(run_id)}
-    assert {
-        "bundle",
-        "feature_spec.json",
-        "reference_profile.json",
-        "figures",
-        "evaluation",
-    } <= root
-    logged = {Path(f.path).name for f in client.list_artifacts(run_id, "bundle")}
+    assert {"feature_spec.json", "reference_profile.json", "figures", "evaluation"} <= root
+    assert "bundle" not in root  # the bundle is inside the run's MLflow model
+    assert [f.path for f in client.list_artifacts(run_id, "figures")] == ["figures/residuals.png"]
+
+    model_id = tags["model_id"]
+    assert tags["model_uri"] == f"models:/{model_id}"
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    logged_model = client.get_logged_model(model_id)
+    assert logged_model.source_run_id == run_id and logged_model.status == "READY"
+    assert logged_model.tags["bundle_sha256"] == tags["bundle_sha256"]
+    assert logged_model.params["model"] == "median_ppsm"
+    assert {m.key for m in logged_model.metrics} >= {"mape", "mape_town_KALLANG_WHAMPOA"}
+    top = {f.path for f in client.list_logged_model_artifacts(model_id)}
+    assert {"MLmodel", "python_model.pkl", "input_example.json", "requirements.txt"} <= top
+    logged = {
+        Path(f.path).name for f in client.list_logged_model_artifacts(model_id, "artifacts/bundle")
+    }
     assert logged == {
         "model.joblib",
         "metadata.json",
         "feature_spec.json",
         "reference_profile.json",
     }
-    assert [f.path for f in client.list_artifacts(run_id, "figures")] == ["figures/residuals.png"]
 
 
 # ------------------------------------------------------------------------- registry
@@ -338,8 +346,24 @@ def test_gate_refuses_broken_models(store, data, tmp_path):
     assert any("negative" in r for r in d.reasons)
     assert registry.show("champion", name=name)["version"] == good
     assert registry.show(neg_v, name=name)["tags"]["gate.outcome"] == "failed"
-    with pytest.raises(registry.RegistryError, match="challenger"):
+    with pytest.raises(registry.RegistryError) as err:
         registry.load("challenger", name=name)
+    assert str(err.value) == (
+        f"registered model {name!r} has no version with alias 'challenger': "
+        "run `hdb-mlops train` to train and register one"
+    )
+    with pytest.raises(registry.RegistryError, match="no registered model 'nothing-here' yet"):
+        registry.show("champion", name="nothing-here")
+
+    from hdb_mlops.serving.loading import ModelLoadError, resolve_model_ref
+
+    with pytest.raises(ModelLoadError) as err:  # what `hdb-mlops serve` says
+        resolve_model_ref("challenger", registry_name=name)
+    assert str(err.value) == (
+        f"cannot resolve model 'challenger': registered model {name!r} has no version with "
+        "alias 'challenger'; run `hdb-mlops train` to train and register one, or serve a "
+        "bundle directory with --model PATH (or $HDB_MLOPS_MODEL)"
+    )
 
 
 def test_registry_load_verifies_downloaded_bundle(store, data, tmp_path):
@@ -353,12 +377,44 @@ def test_registry_load_verifies_downloaded_bundle(store, data, tmp_path):
     (bundle.path / "model.joblib").write_bytes(b"tampered cache")  # a damaged cache is refetched
     assert registry.load(version, name=name).sha256 == bundle.sha256
 
-    run_id = tracking.get_client().get_model_version(name, str(version)).run_id
-    stored = next((store / "artifacts").glob(f"*/{run_id}/artifacts/bundle/model.joblib"))
+    source = tracking.get_client().get_model_version(name, str(version)).source
+    model_id = source.removeprefix("models:/")
+    stored = next((store / "artifacts").glob(f"*/models/{model_id}/artifacts/artifacts/bundle"))
+    assert stored.as_uri() == registry.show(version, name=name)["bundle_uri"]
+    stored = stored / "model.joblib"
     stored.write_bytes(stored.read_bytes() + b"\0")  # the artifact store itself is tampered
     for cached in (store / "cache").glob("*/*"):
         (cached / "model.joblib").write_bytes(b"x")
     with pytest.raises(IntegrityError, match=r"model\.joblib"):
         registry.load(version, name=name)
-    with pytest.raises(registry.RegistryError, match="no version 99"):
+    with pytest.raises(registry.RegistryError, match="no version 99: `hdb-mlops model list`"):
         registry.load(99, name=name)
+
+
+def test_runs_and_versions_from_before_the_mlflow_models(store, data, tmp_path):
+    """A run that logged its bundle under ``bundle/`` (no MLflow model) is registered as an
+    MLflow model; a version whose source is such a bundle folder still shows and loads."""
+    from hdb_mlops.model import registry, tracking
+
+    name = "legacy"
+    model, _, bundle_dir = train(lambda: make_model("median_ppsm"), data, tmp_path / "b")
+    client = tracking.get_client()
+    experiment_id = tracking.ensure_experiment("exp-legacy", client)
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_artifacts(run_id, str(bundle_dir), tracking.BUNDLE_ARTIFACT_PATH)
+    client.set_terminated(run_id)
+
+    version = registry.register(run_id, name=name)
+    info = registry.show(version, name=name)
+    assert info["source"].startswith("models:/m-")
+    assert info["source"] == client.get_run(run_id).data.tags["model_uri"]
+    assert info["bundle_uri"].endswith("/artifacts/bundle")
+    window = data["window"]
+    assert np.array_equal(registry.load(version, name=name).predict(window), model.predict(window))
+
+    source = f"{client.get_run(run_id).info.artifact_uri}/{tracking.BUNDLE_ARTIFACT_PATH}"
+    sha = sha256_file(bundle_dir / "metadata.json")
+    old = client.create_model_version(name, source, run_id, tags={"bundle_sha256": sha})
+    info = registry.show(old.version, name=name)
+    assert info["bundle_uri"] == source and info["metadata"]["model_name"] == "median_ppsm"
+    assert registry.load(old.version, name=name).sha256 == sha

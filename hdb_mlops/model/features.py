@@ -1,20 +1,42 @@
-"""One feature function for training and serving alike.
+"""One feature builder for training and serving alike.
 
 :func:`build_features` turns validated transactions (the frame of :mod:`hdb_mlops.data.ingest`)
-into the model's input. Serving calls the same function on request rows after
-:func:`transactions_from_records` has normalised them with the loader's own parsers, so a
-model never sees features computed two different ways.
+into the model's input. Its arithmetic is in functions on plain values, which the prediction
+service's fast path (:mod:`hdb_mlops.serving`) calls on the validated request rows:
+
+* :func:`numeric_features`: every column of :data:`NUMERIC_FEATURES` from the month index,
+  storey mid, floor area, lease start year and the reported remaining lease (NaN: derived
+  with the loader's rule, :func:`hdb_mlops.data.normalise.derived_remaining_lease_months`).
+  It takes numpy arrays (a whole frame's columns) or Python floats (one request row);
+* :func:`category_codes`: a categorical column as the positions of its values in the spec's
+  categories, NaN for unknown values (the codes XGBoost sees);
+* :func:`location_lookup` and :func:`location_values`: the location features of an address,
+  precomputed with :func:`hdb_mlops.data.location.add_location_features` for every geocoded
+  address.
+
+The generic path (:func:`transactions_from_records` then :func:`build_features`) is the
+reference the service is checked against, so a model never sees features computed two
+different ways.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from hdb_mlops.data.normalise import (
+    Num,
+    derived_remaining_lease_months,
+    fill_missing,
+    lease_age_months,
+    month_count,
+)
 from hdb_mlops.data.schema import FLAT_TYPES, TOWNS
 
 FEATURE_VERSION = 1
@@ -38,6 +60,7 @@ NUMERIC_FEATURES: tuple[str, ...] = (
 LOCATION_FEATURES: tuple[str, ...] = ("latitude", "longitude", "dist_mrt_km", "dist_cbd_km")
 #: Month 0 of ``month_index``.
 EPOCH = pd.Period("1990-01", freq="M")
+_EPOCH_COUNT = month_count(EPOCH.year, EPOCH.month)
 
 
 @dataclass(frozen=True)
@@ -76,9 +99,73 @@ class FeatureSpec:
         )
 
 
+def month_index_of(year: Num, month: Num) -> Num:
+    """Months since 1990-01 of ``year``-``month`` (month 1..12; numbers or arrays)."""
+    return month_count(year, month) - _EPOCH_COUNT
+
+
 def month_index(month: pd.Series) -> pd.Series:
     """Months since 1990-01 (a monthly Period column to integers)."""
-    return ((month.dt.year - EPOCH.year) * 12 + month.dt.month - 1).astype("int32")
+    return month_index_of(month.dt.year, month.dt.month).astype("int32")
+
+
+def numeric_features(
+    month_index: Num,
+    storey_mid: Num,
+    floor_area_sqm: Num,
+    lease_commence_date: Num,
+    remaining_lease_reported: Num = math.nan,
+) -> dict[str, Num]:
+    """Every column of :data:`NUMERIC_FEATURES`, from float64 numpy arrays (a frame's columns)
+    or Python floats (one request row; no numpy overhead), by name.
+
+    ``month_index`` counts months from :data:`EPOCH`; ``remaining_lease_reported`` is in months,
+    NaN where not reported: then it is derived from the lease start like the loader does
+    (:func:`hdb_mlops.data.normalise.derived_remaining_lease_months`). The flat's age is counted
+    from the same lease start (July of the commencement year), so it is negative for a sale
+    before that July.
+    """
+    age = lease_age_months(month_index + _EPOCH_COUNT, lease_commence_date)
+    remaining = fill_missing(remaining_lease_reported, derived_remaining_lease_months(age))
+    return {
+        "floor_area_sqm": floor_area_sqm,
+        "storey_mid": storey_mid,
+        "remaining_lease_months": remaining,
+        "lease_commence_date": lease_commence_date,
+        "flat_age_months": age,
+        "month_index": month_index,
+    }
+
+
+@lru_cache(maxsize=64)
+def _positions(categories: tuple[str, ...]) -> dict[str, int]:
+    return {cat: i for i, cat in enumerate(categories)}
+
+
+def category_codes(values: Sequence[Any] | pd.Series, categories: Sequence[str]) -> np.ndarray:
+    """The position of each value in ``categories`` as float64, NaN for a value that is not
+    one of them (missing values included): XGBoost's input for a categorical column.
+
+    A list or tuple (request rows) is mapped value by value; an array or Series (a frame's
+    column) on its distinct values only.
+    """
+    positions = _positions(tuple(categories))
+    if isinstance(values, list | tuple):
+        return np.array([positions.get(v, math.nan) for v in values], dtype="float64")
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    mapped = np.array([positions.get(u, math.nan) for u in uniques], dtype="float64")
+    if not len(mapped):
+        return np.full(len(codes), math.nan)
+    return np.where(codes >= 0, mapped[np.maximum(codes, 0)], math.nan)
+
+
+def categorical_column(values: pd.Series, categories: Sequence[str]) -> pd.Categorical:
+    """``values`` as a pandas Categorical of ``categories`` (:func:`category_codes`; unknown
+    values are missing), the dtype the models are fitted on."""
+    codes = category_codes(values, categories)
+    return pd.Categorical.from_codes(
+        np.where(np.isnan(codes), -1, codes).astype("int64"), categories=list(categories)
+    )
 
 
 def build_features(
@@ -95,15 +182,15 @@ def build_features(
     spec = spec or FeatureSpec()
     t = transactions
     out = pd.DataFrame(index=t.index)
-    idx = month_index(t["month"])
-    out["floor_area_sqm"] = t["floor_area_sqm"].astype("float64")
-    out["storey_mid"] = t["storey_mid"].astype("float64")
-    out["remaining_lease_months"] = t["remaining_lease_months"].astype("float64")
-    out["lease_commence_date"] = t["lease_commence_date"].astype("float64")
-    lease_start = (t["lease_commence_date"].astype("int32") - EPOCH.year) * 12 + 6
-    out["flat_age_months"] = (idx - lease_start).astype("float64")
-    out["month_index"] = idx.astype("float64")
-    out = out[list(spec.numeric)]
+    numeric = numeric_features(
+        month_index(t["month"]).to_numpy(dtype="float64"),
+        t["storey_mid"].to_numpy(dtype="float64"),
+        t["floor_area_sqm"].to_numpy(dtype="float64"),
+        t["lease_commence_date"].to_numpy(dtype="float64"),
+        t["remaining_lease_months"].to_numpy(dtype="float64"),
+    )
+    for col in spec.numeric:
+        out[col] = numeric[col]
     if spec.location:
         if locations is not None:
             from hdb_mlops.data.location import add_location_features
@@ -115,10 +202,45 @@ def build_features(
             for col in LOCATION_FEATURES:
                 out[col] = np.nan
     for col, categories in spec.categorical.items():
-        values = t[col].astype("str")
-        known = values.where(values.isin(categories))  # unknown -> missing
-        out[col] = pd.Categorical(known, categories=list(categories))
+        out[col] = categorical_column(t[col].astype("str"), categories)  # unknown -> missing
     return out[spec.columns]
+
+
+def location_lookup(
+    locations: tuple[pd.DataFrame, pd.DataFrame] | None,
+) -> dict[str, tuple[float, float, float, float]]:
+    """Address key (:func:`hdb_mlops.data.location.address_key`) -> the
+    :data:`LOCATION_FEATURES` of every geocoded address, computed once with
+    :func:`hdb_mlops.data.location.add_location_features` (what :func:`build_features` joins)."""
+    if locations is None:
+        return {}
+    from hdb_mlops.data.location import add_location_features, address_key, make_geocode_table
+
+    geocodes, stations = locations
+    table = make_geocode_table(geocodes)[["block", "street_name"]]
+    feats = add_location_features(table, geocodes, stations)
+    values = feats[list(LOCATION_FEATURES)].to_numpy(dtype="float64")
+    return {
+        address_key(b, s): tuple(row)
+        for b, s, row in zip(table["block"], table["street_name"], values, strict=True)
+    }
+
+
+def location_values(
+    lookup: Mapping[str, tuple[float, float, float, float]],
+    blocks: Sequence[str | None],
+    streets: Sequence[str | None],
+) -> np.ndarray:
+    """The :data:`LOCATION_FEATURES` of each address (rows x 4) from a :func:`location_lookup`;
+    NaN for an address without a geocode or without a block or street name."""
+    from hdb_mlops.data.location import address_key
+
+    nan4 = (math.nan,) * 4
+    rows = [
+        lookup.get(address_key(b, s), nan4) if b is not None and s is not None else nan4
+        for b, s in zip(blocks, streets, strict=True)
+    ]
+    return np.array(rows, dtype="float64").reshape(len(rows), 4)
 
 
 def transactions_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -1,28 +1,30 @@
 """The model registry: every trained model is a version of ``hdb-resale-price`` in MLflow's
 registry (same store as tracking), and a promotion gate decides which version is champion.
 
-* :func:`register` makes a version from a run's logged bundle and records the bundle's
-  identity (sha256 of its metadata.json) as a version tag.
-* :func:`load` downloads a version's bundle into a local cache and verifies every file's hash
-  (and the identity recorded at registration) before unpickling anything.
-* :func:`promote` is the gate. Candidate and current champion are both scored on the same
-  recent window of sales. The candidate becomes ``champion`` only if it passes the sanity
-  checks (finite, positive predictions; single-row latency within budget) and there is no
-  champion yet or it beats the champion's MAPE by at least ``margin`` percentage points.
-  A sane candidate that loses becomes ``challenger``; one that fails a sanity check gets no
-  alias. The decision is written to the version's tags (``gate.*``) and description.
+* :func:`register` makes a version from a run's MLflow model (the pyfunc model that
+  :func:`hdb_mlops.model.tracking.log_training` logs, see :mod:`hdb_mlops.model.pyfunc`), so
+  ``mlflow.pyfunc.load_model("models:/hdb-resale-price@champion")`` works like any MLflow
+  model. The bundle's identity (sha256 of its metadata.json) is recorded as a version tag.
+* :func:`load` downloads a version's bundle (``artifacts/bundle`` inside the model) into a
+  local cache and verifies every file's hash (and the identity recorded at registration)
+  before unpickling anything.
+* :func:`promote` is the gate (in :mod:`hdb_mlops.model.gate`). Candidate and current
+  champion are scored on the same recent window of sales. The candidate becomes
+  ``champion`` only if it passes the sanity checks (finite, positive predictions; single-row
+  latency within budget) and there is no champion yet or it beats the champion's MAPE by at
+  least ``margin`` percentage points. A sane candidate that loses becomes ``challenger``;
+  one that fails a sanity check gets no alias. The decision is written to the version's tags
+  (``gate.*``) and description.
+
+Versions registered before the MLflow models (source: the run's ``bundle/`` folder) still
+load and show.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import statistics
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +47,18 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+    # registry.promote and registry.GateDecision, see __getattr__
+    from hdb_mlops.model.gate import GateDecision as GateDecision
+    from hdb_mlops.model.gate import promote as promote
+
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "hdb-resale-price"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-#: Timed single-row predictions for the latency check (after two warm-up calls).
-LATENCY_CALLS = 20
+#: Hints that end a RegistryError message, per what is missing.
+TRAIN_HINT = "run `hdb-mlops train` to train and register one"
+LIST_HINT = "`hdb-mlops model list` shows the registered versions"
 VERSION_COLUMNS = [
     "version",
     "aliases",
@@ -65,34 +72,26 @@ VERSION_COLUMNS = [
 
 
 class RegistryError(LookupError):
-    """A registered model, version or alias that does not exist."""
+    """A registered model, version or alias that does not exist. ``problem`` says what is
+    missing, ``hint`` what to do about it; the message is both."""
+
+    def __init__(self, problem: str, hint: str = ""):
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{problem}: {hint}" if hint else problem)
+
+    def __reduce__(self):  # picklable despite the custom signature
+        return (type(self), (self.problem, self.hint))
 
 
-@dataclass
-class GateDecision:
-    """Outcome of the promotion gate for one candidate version."""
+def __getattr__(attr: str) -> Any:
+    """``registry.promote`` and ``registry.GateDecision`` live in :mod:`hdb_mlops.model.gate`
+    (imported on first use: the gate module imports this one)."""
+    if attr in ("promote", "GateDecision", "LATENCY_CALLS"):
+        from hdb_mlops.model import gate
 
-    promoted: bool
-    reasons: list[str]
-    candidate_mape: float | None
-    champion_mape: float | None
-    checks: dict[str, Any]
-    candidate_version: int | None = None
-    champion_version: int | None = None
-    margin: float | None = None
-    name: str = DEFAULT_NAME
-    decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
-
-    def summary(self) -> str:
-        """One paragraph for the version's description."""
-        verdict = "PROMOTED to champion" if self.promoted else "NOT promoted"
-        return f"Gate {self.decided_at}: {verdict}. " + " ".join(
-            r if r.endswith(".") else f"{r}." for r in self.reasons
-        )
+        return getattr(gate, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 # ------------------------------------------------------------------------- helpers
@@ -118,8 +117,18 @@ def _version(client: MlflowClient, name: str, ref: str | int) -> ModelVersion:
     except MlflowException as exc:
         if not _is_missing(exc):
             raise
-        what = f"version {ref}" if by_number else f"a version with alias {ref!r}"
-        raise RegistryError(f"registered model {name!r} has no {what}") from exc
+        cause = exc
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+        raise RegistryError(f"there is no registered model {name!r} yet", TRAIN_HINT) from cause
+    if by_number:
+        raise RegistryError(f"registered model {name!r} has no version {ref}", LIST_HINT) from cause
+    raise RegistryError(
+        f"registered model {name!r} has no version with alias {ref!r}", TRAIN_HINT
+    ) from cause
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
@@ -145,6 +154,16 @@ def _aliases(client: MlflowClient, name: str) -> dict[int, list[str]]:
     return {v: sorted(a) for v, a in out.items()}
 
 
+def bundle_uri(client: MlflowClient, mv: ModelVersion) -> str:
+    """Artifact URI of a version's bundle directory: ``artifacts/bundle`` inside its MLflow
+    model (source ``models:/m-...``), or the source itself for a version registered before
+    the MLflow models (the run's ``bundle/`` folder)."""
+    if not str(mv.source).startswith("models:/"):
+        return str(mv.source).rstrip("/")
+    storage = client.get_model_version_download_uri(mv.name, str(mv.version))
+    return f"{storage.rstrip('/')}/{tracking.MODEL_BUNDLE_PATH}"
+
+
 def _download(uri: str, dst: Path) -> Path:
     mlflow = tracking._mlflow()
     return Path(
@@ -165,24 +184,52 @@ def _float(value: Any) -> float | None:
 # ------------------------------------------------------------------------- register / load
 
 
+def _run_model_id(client: MlflowClient, run_id: str, bundle_artifact_path: str) -> str:
+    """Id of run ``run_id``'s MLflow model. A run logged before the MLflow models has only
+    a bundle at ``bundle_artifact_path``: it is downloaded, verified and logged as one now."""
+    from hdb_mlops.model.pyfunc import log_bundle_model
+
+    run = client.get_run(run_id)
+    model_id = run.data.tags.get(tracking.MODEL_ID_TAG)
+    if model_id:
+        return model_id
+    legacy = f"{run.info.artifact_uri.rstrip('/')}/{bundle_artifact_path.strip('/')}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = _download(legacy, Path(tmp))
+        except Exception as exc:
+            raise RegistryError(
+                f"run {run_id} has no MLflow model and no bundle at {bundle_artifact_path!r}",
+                "log it with hdb_mlops.model.tracking.log_training",
+            ) from exc
+        model_id = log_bundle_model(client, run_id, local)  # verifies it first
+    client.set_tag(run_id, tracking.MODEL_ID_TAG, model_id)
+    client.set_tag(run_id, tracking.MODEL_URI_TAG, f"models:/{model_id}")
+    return model_id
+
+
 def register(
     run_id: str, bundle_artifact_path: str = tracking.BUNDLE_ARTIFACT_PATH, name: str = DEFAULT_NAME
 ) -> int:
-    """Register the bundle logged in run ``run_id`` as a new version of ``name``; returns
-    the version number. The bundle's metadata.json is downloaded and checked first, and its
-    sha256 recorded (tag ``bundle_sha256``) so that :func:`load` can verify the download."""
+    """Register the MLflow model of run ``run_id`` as a new version of ``name``; returns the
+    version number. The version's source is the model (``models:/m-...``), so MLflow loads
+    it as ``models:/<name>/<version>`` or ``models:/<name>@<alias>``. The bundle's
+    metadata.json is downloaded and checked first, and its sha256 recorded (tag
+    ``bundle_sha256``) so that :func:`load` can verify the download. ``bundle_artifact_path``
+    is only read for runs logged before the MLflow models (whose bundle is logged as a model
+    then)."""
     from mlflow.exceptions import MlflowException
 
     client = tracking.get_client()
-    run = client.get_run(run_id)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{bundle_artifact_path.strip('/')}"
+    model_id = _run_model_id(client, run_id, bundle_artifact_path)
+    location = client.get_logged_model(model_id).artifact_location.rstrip("/")
     with tempfile.TemporaryDirectory() as tmp:
-        meta_path = _download(f"{source}/{METADATA_FILE}", Path(tmp))
+        meta_path = _download(f"{location}/{tracking.MODEL_BUNDLE_PATH}/{METADATA_FILE}", Path(tmp))
         metadata = read_metadata(meta_path.parent)
         bundle_sha256 = sha256_file(meta_path)
     try:
         client.create_registered_model(
-            name, description="HDB resale price models (hdb_mlops bundles)."
+            name, description="HDB resale price models (MLflow pyfunc models of hdb_mlops bundles)."
         )
     except MlflowException as exc:
         if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
@@ -194,15 +241,17 @@ def register(
         "data_hash": str(metadata.get("data_hash")),
         "bundle_sha256": bundle_sha256,
         "model_sha256": str(metadata.get("model_sha256")),
-        "bundle_path": bundle_artifact_path,
+        "bundle_path": tracking.MODEL_BUNDLE_PATH,
     }
-    version = client.create_model_version(
-        name,
-        source=source,
-        run_id=run_id,
-        tags=tags,
-        description=f"{metadata.get('model_name')} from run {run_id}; gate not run yet.",
-    )
+    with tracking.fluent_tracking():  # the store looks the model up with a default client
+        version = client.create_model_version(
+            name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            tags=tags,
+            description=f"{metadata.get('model_name')} from run {run_id}; gate not run yet.",
+            model_id=model_id,
+        )
     return int(version.version)
 
 
@@ -219,7 +268,7 @@ def _cached_bundle(client: MlflowClient, name: str, mv: ModelVersion) -> Bundle:
             shutil.rmtree(dest, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
-        local = _download(mv.source, staging)
+        local = _download(bundle_uri(client, mv), staging)
         verify_bundle(local, expected_sha256=expected)  # before it goes anywhere near joblib
         try:
             local.rename(dest)
@@ -274,13 +323,16 @@ def list_versions(name: str = DEFAULT_NAME) -> pd.DataFrame:
 
 
 def show(ref: str | int = CHAMPION, name: str = DEFAULT_NAME) -> dict[str, Any]:
-    """One version: number, aliases, run, source, tags, description and its bundle's
-    metadata.json (downloaded alone and checked against the registered identity)."""
+    """One version: number, aliases, run, source (``models:/m-...``), ``model_uri``
+    (``models:/<name>/<version>``, for ``mlflow.pyfunc.load_model``), ``bundle_uri`` (the
+    artifact URI of its bundle directory), tags, description and its bundle's metadata.json
+    (downloaded alone and checked against the registered identity)."""
     client = tracking.get_client()
     mv = _version(client, name, ref)
     tags = dict(mv.tags or {})
+    bundle = bundle_uri(client, mv)
     with tempfile.TemporaryDirectory() as tmp:
-        meta_path = _download(f"{mv.source.rstrip('/')}/{METADATA_FILE}", Path(tmp))
+        meta_path = _download(f"{bundle}/{METADATA_FILE}", Path(tmp))
         metadata = read_metadata(meta_path.parent)
         actual = sha256_file(meta_path)
     expected = tags.get("bundle_sha256")
@@ -292,204 +344,10 @@ def show(ref: str | int = CHAMPION, name: str = DEFAULT_NAME) -> dict[str, Any]:
         "aliases": _aliases(client, name).get(int(mv.version), []),
         "run_id": mv.run_id,
         "source": mv.source,
+        "model_uri": f"models:/{name}/{mv.version}",
+        "bundle_uri": bundle,
         "created": pd.to_datetime(mv.creation_timestamp, unit="ms", utc=True).isoformat(),
         "description": mv.description,
         "tags": tags,
         "metadata": metadata,
     }
-
-
-# ------------------------------------------------------------------------- the gate
-
-
-def _latency_ms(bundle: Bundle, row: pd.DataFrame, calls: int = LATENCY_CALLS) -> float:
-    """Median wall time of ``bundle.model.predict`` on one row, in ms (after 2 warm-ups)."""
-    for _ in range(2):
-        bundle.model.predict(row)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        bundle.model.predict(row)
-        times.append((time.perf_counter() - start) * 1000)
-    return float(statistics.median(times))
-
-
-def _score(bundle: Bundle, window: pd.DataFrame) -> tuple[np.ndarray, float | None]:
-    """Predictions on the window and their MAPE (None when any is not finite)."""
-    from hdb_mlops.model.evaluate import metrics
-
-    pred = np.asarray(bundle.model.predict(window), dtype="float64").reshape(-1)
-    if pred.shape[0] != len(window) or not np.isfinite(pred).all():
-        return pred, None
-    return pred, metrics(window["resale_price"], pred)["mape"]
-
-
-def _sanity(
-    bundle: Bundle, window: pd.DataFrame, latency_budget_ms: float
-) -> tuple[dict[str, Any], list[str], float | None]:
-    checks: dict[str, Any] = {"integrity": True, "n_window": len(window)}
-    reasons: list[str] = []
-    try:
-        pred, mape = _score(bundle, window)
-    except Exception as exc:
-        checks.update(predict=False, error=f"{type(exc).__name__}: {exc}")
-        return checks, [f"sanity: prediction failed ({type(exc).__name__}: {exc})"], None
-    checks["predict"] = True
-    if pred.shape[0] != len(window):
-        checks["n_predictions"] = int(pred.shape[0])
-        reasons.append(f"sanity: {pred.shape[0]} predictions for {len(window)} rows")
-    finite = np.isfinite(pred)
-    checks["n_nonfinite"] = int((~finite).sum())
-    checks["finite"] = bool(finite.all())
-    if not checks["finite"]:
-        reasons.append(f"sanity: {checks['n_nonfinite']} predictions are NaN or infinite")
-    checks["n_nonpositive"] = int((pred[finite] <= 0).sum())
-    checks["positive"] = checks["n_nonpositive"] == 0 and bool(finite.any())
-    if checks["n_nonpositive"]:
-        reasons.append(f"sanity: {checks['n_nonpositive']} predictions are zero or negative")
-    try:
-        latency = _latency_ms(bundle, window.iloc[[0]])
-    except Exception as exc:
-        latency = float("inf")
-        checks["latency_error"] = f"{type(exc).__name__}: {exc}"
-    checks["latency_ms"] = round(latency, 3) if np.isfinite(latency) else None
-    checks["latency_budget_ms"] = latency_budget_ms
-    checks["latency_ok"] = bool(latency <= latency_budget_ms)
-    if not checks["latency_ok"]:
-        shown = f"{latency:.1f} ms" if np.isfinite(latency) else "failed"
-        reasons.append(
-            f"sanity: median single-row latency {shown} is over the {latency_budget_ms:g} ms budget"
-        )
-    return checks, reasons, mape
-
-
-def _record(client: MlflowClient, decision: GateDecision) -> None:
-    """Write the decision to the candidate version's tags and description."""
-    name, version = decision.name, str(decision.candidate_version)
-    if not decision.promoted and not decision.checks.get("sane", False):
-        outcome = "failed"
-    else:
-        outcome = "promoted" if decision.promoted else "refused"
-    tags = {
-        "gate.outcome": outcome,
-        "gate.promoted": str(decision.promoted).lower(),
-        "gate.reasons": " | ".join(decision.reasons),
-        "gate.candidate_mape": str(decision.candidate_mape),
-        "gate.champion_mape": str(decision.champion_mape),
-        "gate.champion_version": str(decision.champion_version),
-        "gate.margin": str(decision.margin),
-        "gate.checks": json.dumps(decision.checks, sort_keys=True, default=str),
-        "gate.decided_at": decision.decided_at,
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value[:5000])
-    client.update_model_version(name, version, description=decision.summary()[:5000])
-
-
-def promote(
-    candidate: int,
-    window: pd.DataFrame,
-    *,
-    margin: float = 0.1,
-    latency_budget_ms: float = 50.0,
-    name: str = DEFAULT_NAME,
-) -> GateDecision:
-    """Run the promotion gate for version ``candidate`` on ``window`` (recent transactions
-    with true ``resale_price``) and move the aliases accordingly.
-
-    The candidate becomes ``champion`` only if (a) its bundle verifies and its predictions
-    on the window are all finite and positive, with a median single-row latency within
-    ``latency_budget_ms``; and (b) there is no champion yet, or its MAPE is at most the
-    champion's MAPE on the same window minus ``margin`` percentage points. A sane loser
-    becomes ``challenger``. The previous champion keeps its version number (it only loses
-    the alias). The decision is recorded on the candidate version and returned.
-
-    A candidate whose bundle fails verification is refused (``checks["integrity"]`` False);
-    a champion whose bundle fails verification raises :class:`IntegrityError`, since that
-    needs a person, not an automatic replacement.
-    """
-    if window is None or len(window) == 0:
-        raise ValueError("the gate needs a non-empty window of recent transactions")
-    if "resale_price" not in window.columns:
-        raise ValueError("the window has no resale_price column: the gate needs true prices")
-    prices = window["resale_price"].to_numpy(dtype="float64")
-    if not (np.isfinite(prices).all() and (prices > 0).all()):
-        raise ValueError("the window's resale_price must be finite and positive")
-
-    client = tracking.get_client()
-    cand_mv = _version(client, name, int(candidate))
-    cand_v = int(cand_mv.version)
-    champ_v = _alias_version(client, name, CHAMPION)
-    decision = GateDecision(
-        promoted=False,
-        reasons=[],
-        candidate_mape=None,
-        champion_mape=None,
-        checks={},
-        candidate_version=cand_v,
-        champion_version=champ_v,
-        margin=margin,
-        name=name,
-    )
-    if champ_v == cand_v:
-        decision.reasons.append(f"version {cand_v} is already the champion")
-        decision.checks["sane"] = True
-        return decision
-
-    try:
-        bundle = _cached_bundle(client, name, cand_mv)
-    except BundleError as exc:
-        decision.checks = {"integrity": False, "error": str(exc), "sane": False}
-        decision.reasons.append(f"integrity: the candidate's bundle does not verify ({exc})")
-    else:
-        checks, reasons, cand_mape = _sanity(bundle, window, latency_budget_ms)
-        checks["sane"] = not reasons
-        decision.checks, decision.candidate_mape = checks, cand_mape
-        decision.reasons.extend(reasons)
-
-    sane = decision.checks["sane"]
-    if sane and champ_v is None:
-        decision.promoted = True
-        decision.reasons.append(
-            f"no champion yet: version {cand_v} (MAPE {decision.candidate_mape:.2f}%) "
-            "passes the sanity checks"
-        )
-    elif champ_v is not None:
-        champion = _cached_bundle(client, name, _version(client, name, champ_v))
-        try:
-            _, champ_mape = _score(champion, window)
-        except Exception as exc:
-            log.warning("champion version %s fails to predict on the window: %s", champ_v, exc)
-            champ_mape = None
-        decision.champion_mape = champ_mape
-        cand_mape = decision.candidate_mape
-        if not sane:
-            pass
-        elif champ_mape is None:
-            decision.promoted = True
-            decision.reasons.append(
-                f"champion version {champ_v} gives no finite predictions on the window; "
-                f"version {cand_v} (MAPE {cand_mape:.2f}%) passes the sanity checks"
-            )
-        elif cand_mape is not None and cand_mape <= champ_mape - margin:
-            decision.promoted = True
-            decision.reasons.append(
-                f"MAPE {cand_mape:.2f}% beats champion version {champ_v}'s {champ_mape:.2f}% "
-                f"by {champ_mape - cand_mape:.2f} pp (margin {margin:g} pp)"
-            )
-        else:
-            decision.reasons.append(
-                f"MAPE {cand_mape:.2f}% is not at least {margin:g} pp below champion version "
-                f"{champ_v}'s MAPE {champ_mape:.2f}% on the same window"
-            )
-
-    if decision.promoted:
-        client.set_registered_model_alias(name, CHAMPION, str(cand_v))
-        if champ_v is not None:
-            client.set_model_version_tag(name, str(champ_v), "gate.superseded_by", str(cand_v))
-    if _alias_version(client, name, CHALLENGER) == cand_v and (decision.promoted or not sane):
-        client.delete_registered_model_alias(name, CHALLENGER)
-    if not decision.promoted and sane:
-        client.set_registered_model_alias(name, CHALLENGER, str(cand_v))
-    _record(client, decision)
-    return decision

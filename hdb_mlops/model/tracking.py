@@ -6,6 +6,8 @@
 * Offline: this module switches off MLflow's usage telemetry (``MLFLOW_DISABLE_TELEMETRY``
   and ``DO_NOT_TRACK``), async logging and system-metrics sampling before mlflow is
   imported, so nothing calls out and no background thread needs the network.
+* Models: :func:`log_training` logs each bundle as an MLflow pyfunc model (an MLflow 3
+  LoggedModel of the run, see :mod:`hdb_mlops.model.pyfunc`), which the registry registers.
 
 mlflow is imported inside functions only: ``import hdb_mlops`` stays light.
 """
@@ -18,7 +20,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +37,14 @@ DEFAULT_EXPERIMENT = "hdb-resale-price"
 MLRUNS_DIR = config.PROJECT_DIR / "mlruns"
 ARTIFACTS_ENV = "HDB_MLOPS_MLFLOW_ARTIFACTS"
 CACHE_ENV = "HDB_MLOPS_MODEL_CACHE"
-#: Where the bundle directory goes inside a run's artifacts.
+#: Where runs logged before the pyfunc models kept their bundle (inside the run's artifacts);
+#: a bundle is now logged inside its MLflow model (see :mod:`hdb_mlops.model.pyfunc`).
 BUNDLE_ARTIFACT_PATH = "bundle"
+#: Run tags naming the run's MLflow model: its id (``m-...``) and URI (``models:/m-...``).
+MODEL_ID_TAG = "model_id"
+MODEL_URI_TAG = "model_uri"
+#: Where the bundle directory sits inside a logged MLflow model (pyfunc artifact "bundle").
+MODEL_BUNDLE_PATH = "artifacts/bundle"
 
 #: Environment that keeps MLflow offline and in the foreground. Forced, not defaulted:
 #: telemetry and async logging stay off even when the shell says otherwise.
@@ -46,7 +54,10 @@ OFFLINE_ENV: dict[str, str] = {
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
 }
-_QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+#: Defaulted, so a user can turn them back on: no progress bars, and MLflow's own INFO lines
+#: ("Creating initial MLflow database tables...") stay out of notebooks, where they land in
+#: stderr boxes that read like warnings.
+_QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
 def offline_env() -> None:
@@ -72,6 +83,32 @@ def _mlflow():
             telemetry._clean_up()  # stops its threads
         set_telemetry_client()  # telemetry is disabled now, so this sets None
     return mlflow
+
+
+@contextlib.contextmanager
+def fluent_tracking(uri: str | None = None) -> Iterator[str]:
+    """MLflow's process-wide tracking URI set to ``uri`` (default :func:`tracking_uri`) for
+    the block, for the MLflow calls that take no URI: ``mlflow.pyfunc.log_model`` and the
+    ``MlflowClient()`` the registry store makes to look up a logged model. The previous
+    setting, the ``MLFLOW_TRACKING_URI`` environment variable included, comes back after."""
+    mlflow = _mlflow()
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    uri = uri or tracking_uri()
+    if mlflow.get_tracking_uri() == uri:
+        yield uri
+        return
+    saved = getattr(tracking_utils, "_tracking_uri", None)  # set by mlflow.set_tracking_uri
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(saved)  # sets (or, for None, unsets) the variable too
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def tracking_uri() -> str:
@@ -209,17 +246,20 @@ def log_training(
 
     Logs ``model.params()`` and ``params`` as parameters; ``evaluation.overall`` and
     ``mape_town_<TOWN>`` as metrics; ``feature_spec.json``, ``reference_profile.json``, the
-    whole bundle directory (under ``bundle/``), the per-town and per-month metric tables
-    (``evaluation/``) and ``figures`` (``figures/<name>.png``) as artifacts; and tags
-    ``data_hash``, ``git_commit``, ``git_dirty``, ``protocol``, ``model_name``,
-    ``bundle_sha256``. The bundle is verified before it is logged. ``data_hash`` and ``git``
-    default to the bundle's own.
+    per-town and per-month metric tables (``evaluation/``) and ``figures``
+    (``figures/<name>.png``) as artifacts; and tags ``data_hash``, ``git_commit``,
+    ``git_dirty``, ``protocol``, ``model_name``, ``bundle_sha256``. The bundle itself is
+    logged as the run's MLflow model (:func:`hdb_mlops.model.pyfunc.log_bundle_model`: a
+    pyfunc model with the bundle under ``artifacts/bundle/``), whose id and URI are the run
+    tags ``model_id`` and ``model_uri``. The bundle is verified before it is logged.
+    ``data_hash`` and ``git`` default to the bundle's own.
     """
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NAME
 
     from hdb_mlops.model.bundle import PROFILE_FILE, SPEC_FILE, verify_bundle
     from hdb_mlops.model.bundle import sha256_file as _sha256
+    from hdb_mlops.model.pyfunc import log_bundle_model
 
     bundle_dir = Path(bundle_dir)
     metadata = verify_bundle(bundle_dir)
@@ -267,7 +307,9 @@ def log_training(
         )
         client.log_artifact(run_id, str(bundle_dir / SPEC_FILE))
         client.log_artifact(run_id, str(bundle_dir / PROFILE_FILE))
-        client.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
+        model_id = log_bundle_model(client, run_id, bundle_dir, metrics=metric_values)
+        client.set_tag(run_id, MODEL_ID_TAG, model_id)
+        client.set_tag(run_id, MODEL_URI_TAG, f"models:/{model_id}")
         with tempfile.TemporaryDirectory() as tmp:
             tables = Path(tmp)
             if by_town is not None:

@@ -55,9 +55,14 @@ def tune(
     spec: FeatureSpec | None = None,
     locations: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     make_model: Callable[..., XGBoostModel] = XGBoostModel,
+    start_from: dict[str, Any] | None = None,
 ) -> TuningResult:
     """Search XGBoost parameters on ``train`` (a seeded TPE search, ``n_trials`` or until
-    ``timeout`` seconds). Returns the best parameters merged into the defaults."""
+    ``timeout`` seconds). Returns the best parameters merged into the defaults.
+
+    ``start_from`` (parameters merged into the defaults) is tried first, as trial 0: the
+    search then keeps the starting model unless a trial beats it on the validation months, so
+    the choice between "as configured" and "tuned" is made there, never on the test months."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -79,6 +84,11 @@ def tune(
 
     sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(direction="minimize", sampler=sampler)
+    if start_from is not None:
+        first = {**DEFAULT_XGB_PARAMS, **start_from}
+        names = ("learning_rate", "max_depth", "min_child_weight", "subsample")
+        names += ("colsample_bytree", "reg_lambda")
+        study.enqueue_trial({k: first[k] for k in names})
     start = time.perf_counter()
     study.optimize(objective, n_trials=n_trials, timeout=timeout)
     seconds = time.perf_counter() - start
