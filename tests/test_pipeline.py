@@ -165,5 +165,5 @@ def test_selection_and_parameter_parsing(tmp_path):
 
 def test_unknown_profile_is_a_clear_error(tmp_path):
     out = cli("pipeline", "run", "--profile", "huge", "--runs-dir", str(tmp_path))
-    assert out.returncode == 1
+    assert out.returncode == 2  # a usage error, caught before anything runs
     assert "unknown profile 'huge'" in out.stderr
