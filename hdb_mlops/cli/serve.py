@@ -8,7 +8,14 @@ import os
 import re
 from pathlib import Path
 
-from hdb_mlops.cli.args import UsageError, positive_int, quiet_mlflow, tcp_port, with_hint
+from hdb_mlops.cli.args import (
+    UsageError,
+    positive_float,
+    positive_int,
+    quiet_mlflow,
+    tcp_port,
+    with_hint,
+)
 
 #: As in :mod:`hdb_mlops.serving.loading`: a reference is a bundle folder when it is an
 #: existing folder or not a plain name; otherwise a registry version number or alias.
@@ -100,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             model_ref=model_ref,
             log_level=args.log_level,
             max_batch=args.max_batch,
+            body_timeout=args.body_timeout,
         )
     except ModelLoadError as exc:
         if _has_registry_cause(exc):
@@ -122,6 +130,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-batch", type=positive_int, default=1000, help="most rows in one request")
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
+    p.add_argument(
+        "--body-timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="answer 408 when a request body has not arrived by then "
+        "(default: $HDB_MLOPS_BODY_TIMEOUT or 10)",
+    )
     # SageMaker starts an inference image as `docker run IMAGE serve`: accept that word.
     p.add_argument("sagemaker_command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)

@@ -4,7 +4,8 @@ Routes
 ------
 =======================  ======================================================================
 ``POST /predict``        one flat (a JSON object with the fields of
-                         :class:`~hdb_mlops.serving.request_schema.RecordBase`) -> one :class:`~hdb_mlops.serving.request_schema.Prediction`
+                         :class:`~hdb_mlops.serving.request_schema.RecordBase`) -> one
+                         :class:`~hdb_mlops.serving.request_schema.Prediction`
 ``POST /predict/batch``  ``{"records": [...]}`` (1..max_batch rows) -> ``{"count",
                          "predictions"}``, in the order of the records
 ``GET /health``          liveness: 200 while the process serves requests (no model check)
@@ -25,15 +26,21 @@ OpenAPI schema and validation errors name the field without union noise. A predi
      "model": {"name": "xgboost", "version": "3", "sha256": "<12 hex digits>"}}
 
 ``interval`` is ``price * exp(q)`` for the (1-level)/2 and (1+level)/2 quantiles of the
-validation residuals log(actual/predicted) stored in the bundle, exactly as
+residuals log(actual/predicted) on the evaluation's test months, stored in the bundle, exactly as
 :meth:`hdb_mlops.model.bundle.Bundle.predict_with_interval`. ``version`` is the registry version,
 or null for a bundle served from a directory.
 
 Errors are always JSON, ``{"error": "<kind>", "detail": [{"field", "reason"}], "request_id"}``:
-400 malformed JSON/CSV, 404/405 unknown route or method, 406 unsupported ``Accept``,
-413 batch over ``max_batch`` rows (the reason names the limit) or body over ``max_body_bytes``,
-415 wrong ``Content-Type``, 422 invalid fields (e.g. ``records.0.town``), 503 model not loaded,
-500 only for a bug (logged with its traceback; never for bad input).
+400 malformed JSON/CSV (also duplicate keys, NaN or Infinity, JSON nested too deeply; a
+duplicate names the key's path), 404/405 unknown route or method, 406 unsupported ``Accept``,
+408 a body that did not arrive within ``body_timeout`` (default 10 s,
+``$HDB_MLOPS_BODY_TIMEOUT``; the connection is closed), 413 batch over ``max_batch`` rows (the
+reason names the limit) or body over ``max_body_bytes``, 415 wrong ``Content-Type``, 422 invalid
+fields (e.g. ``records.0.town``), including a ``remaining_lease`` more than 18 months off the one
+implied by ``lease_commence_date`` and ``month``, 503 model not loaded, 500 only for a bug (logged
+with its traceback; never for bad input). Request fields are validated exactly as the published
+schema says: no string-to-number or boolean-to-integer coercion, no trimming of pattern fields
+(see :mod:`hdb_mlops.serving.request_fields`).
 
 CSV on ``/invocations``
 -----------------------

@@ -4,7 +4,6 @@ No ``from __future__ import annotations`` here: FastAPI reads the route signatur
 time, and the request models are local to :func:`create_app`.
 """
 
-import json
 import logging
 import os
 import time
@@ -14,26 +13,25 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hdb_mlops.serving.engines import PredictionError
 from hdb_mlops.serving.errors import (
-    ERROR_NAMES,
     ERROR_RESPONSES,
     error_response,
+    install_error_handlers,
     is_json,
-    request_id_of,
+    lease_details,
     too_long,
     validation_details,
 )
+from hdb_mlops.serving.jsonbody import StrictJSONRoute, loads
 from hdb_mlops.serving.loading import MODEL_ENV, ModelLoadError, resolve_model_ref
 from hdb_mlops.serving.metrics import ServiceMetrics
-from hdb_mlops.serving.middleware import RequestContextMiddleware
+from hdb_mlops.serving.middleware import DEFAULT_BODY_TIMEOUT_S, RequestContextMiddleware
 from hdb_mlops.serving.request_schema import (
     BatchPredictions,
     ErrorResponse,
@@ -47,6 +45,8 @@ log = logging.getLogger(__name__)
 
 
 MAX_BATCH_ENV = "HDB_MLOPS_MAX_BATCH"
+#: Seconds a client has to send the whole request body (408 after that).
+BODY_TIMEOUT_ENV = "HDB_MLOPS_BODY_TIMEOUT"
 #: "0" serves through the generic loader path (a kill switch for the fast path).
 FAST_PATH_ENV = "HDB_MLOPS_FAST_PATH"
 
@@ -81,6 +81,7 @@ def create_app(
     max_month: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     nthread: int = 1,
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT_S,
 ) -> FastAPI:
     """The prediction service as a FastAPI app (see the module docstring).
 
@@ -90,7 +91,9 @@ def create_app(
     (the bundle must have the matching residual quantiles), ``max_month`` the latest sale
     month accepted (default: December of next year). ``fast_path=False`` serves through the
     generic :func:`~hdb_mlops.model.features.transactions_from_records` path. ``nthread`` is
-    XGBoost's thread count per prediction.
+    XGBoost's thread count per prediction. ``max_body_bytes`` bounds a request body and
+    ``body_timeout`` the seconds it may take to arrive (413 and 408 beyond; None: no
+    bound).
     """
     if not 0 < interval_level < 1:
         raise ValueError(f"interval_level must be between 0 and 1, not {interval_level}")
@@ -150,6 +153,7 @@ def create_app(
         lifespan=lifespan,
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.router.route_class = StrictJSONRoute  # strict JSON bodies (duplicate keys, nesting)
     app.state.model = None
     app.state.startup_error = None
     app.state.source = source
@@ -165,8 +169,11 @@ def create_app(
         summary="Price one flat",
         tags=["predict"],
     )
-    async def predict(record: Record, model: ModelDep) -> Any:  # type: ignore[valid-type]
+    async def predict(record: Record, model: ModelDep, request: Request) -> Any:  # type: ignore[valid-type]
         """One row in, one prediction out (scored on the event loop: well under 1 ms)."""
+        conflicts = lease_details([record])
+        if conflicts:
+            return error_response(422, "invalid_request", conflicts, request)
         out = model.predict([record])
         metrics.observe_predictions("/predict", out)
         return out[0]
@@ -178,8 +185,11 @@ def create_app(
         summary=f"Price up to {max_batch} flats",
         tags=["predict"],
     )
-    def predict_batch(batch: Batch, model: ModelDep) -> Any:  # type: ignore[valid-type]
+    def predict_batch(batch: Batch, model: ModelDep, request: Request) -> Any:  # type: ignore[valid-type]
         """``{"records": [...]}`` in, predictions in the same order out (thread pool)."""
+        conflicts = lease_details(batch.records, "records")
+        if conflicts:
+            return error_response(422, "invalid_request", conflicts, request)
         out = model.predict(batch.records)
         metrics.observe_predictions("/predict/batch", out)
         return {"count": len(out), "predictions": out}
@@ -264,12 +274,7 @@ def create_app(
                 return error_response(*parsed, request)
             shape, payload, adapter = "records", {"records": parsed}, rows_adapter
         elif is_json(content_type):
-            try:
-                payload = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                return error_response(
-                    400, "malformed_json", [{"field": "body", "reason": str(exc)}], request
-                )
+            payload = loads(body)  # MalformedJSON: 400
             if isinstance(payload, list):
                 shape = "list"
             elif isinstance(payload, dict) and "records" in payload:
@@ -301,11 +306,14 @@ def create_app(
                 return error_response(413, "batch_too_large", [oversize], request)
             return error_response(422, "invalid_request", validation_details(errors), request)
         if shape == "single":
-            rows = [validated]
+            rows, prefix = [validated], None
         elif shape == "list":
-            rows = validated
+            rows, prefix = validated, ""
         else:
-            rows = getattr(validated, shape)
+            rows, prefix = getattr(validated, shape), shape
+        conflicts = lease_details(rows, prefix)
+        if conflicts:
+            return error_response(422, "invalid_request", conflicts, request)
         if len(rows) <= INLINE_ROWS:
             out = model.predict(rows)
         else:
@@ -320,78 +328,14 @@ def create_app(
         result: Any = out[0] if shape == "single" else {"count": len(out), "predictions": out}
         return Response(to_json(result), media_type="application/json")
 
-    # ---- errors
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors = list(exc.errors())
-        invalid_json = [e for e in errors if e.get("type") == "json_invalid"]
-        if invalid_json:
-            err = invalid_json[0]
-            reason = str((err.get("ctx") or {}).get("error") or "invalid JSON")
-            pos = tuple(err.get("loc", ()))[-1:]
-            where = f" at character {pos[0]}" if pos and isinstance(pos[0], int) else ""
-            return error_response(
-                400, "malformed_json", [{"field": "body", "reason": reason + where}], request
-            )
-        content_type = request.headers.get("content-type")
-        body_errors = [e for e in errors if tuple(e.get("loc", ()))[:1] == ("body",)]
-        if body_errors and not is_json(content_type):
-            missing_body = all(
-                e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",)
-                for e in body_errors
-            )
-            if not (missing_body and not content_type):
-                return error_response(
-                    415,
-                    "unsupported_media_type",
-                    [
-                        {
-                            "field": "content-type",
-                            "reason": f"{content_type or 'no content type'} is not supported: "
-                            "send application/json",
-                        }
-                    ],
-                    request,
-                )
-        oversize = too_long(errors, schemas.max_batch)
-        if oversize is not None:
-            return error_response(413, "batch_too_large", [oversize], request)
-        detail = validation_details(errors, strip=1)
-        for item in detail:
-            if item["field"] == "body" and item["reason"] == "field required":
-                item["reason"] = "a JSON body is required"
-        return error_response(422, "invalid_request", detail, request)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        status = exc.status_code
-        where = {404: "path", 405: "method", 413: "body"}.get(status, "")
-        if status == 404:
-            reason = f"no route {request.url.path}"
-        elif status == 405:
-            reason = f"{request.method} is not allowed on {request.url.path}"
-        else:
-            reason = str(exc.detail)
-        response = error_response(
-            status,
-            ERROR_NAMES.get(status, f"http_{status}"),
-            [{"field": where, "reason": reason}],
-            request,
-        )
-        for key, value in (exc.headers or {}).items():
-            response.headers[key] = value
-        return response
-
-    @app.exception_handler(PredictionError)
-    async def on_prediction_error(request: Request, exc: PredictionError) -> Response:
-        log.error("prediction failed: %s", exc, extra={"request_id": request_id_of(request)})
-        return error_response(
-            500, "prediction_failed", [{"field": "", "reason": "the model failed"}], request
-        )
-
+    install_error_handlers(app, schemas.max_batch)
     install_openapi(app, schemas)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+    )
     return app
 
 
@@ -407,13 +351,21 @@ def _package_version() -> str:
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory`` and multi-worker serving: the model from
     ``$HDB_MLOPS_MODEL`` (else the ``champion`` alias), at most ``$HDB_MLOPS_MAX_BATCH``
-    rows per request, and ``$HDB_MLOPS_FAST_PATH=0`` to serve through the loader path."""
+    rows per request, ``$HDB_MLOPS_BODY_TIMEOUT`` seconds to send a body, and
+    ``$HDB_MLOPS_FAST_PATH=0`` to serve through the loader path."""
     return create_app(
         os.environ.get(MODEL_ENV) or None,
         max_batch=int(os.environ.get(MAX_BATCH_ENV) or DEFAULT_MAX_BATCH),
         fast_path=fast_path_from_env(),
+        body_timeout=body_timeout_from_env(),
     )
 
 
+def body_timeout_from_env() -> float:
+    """``$HDB_MLOPS_BODY_TIMEOUT`` seconds, else the default (10 s)."""
+    return float(os.environ.get(BODY_TIMEOUT_ENV) or DEFAULT_BODY_TIMEOUT_S)
+
+
 def fast_path_from_env() -> bool:
+    """False when ``$HDB_MLOPS_FAST_PATH`` is 0, false or no (the loader path)."""
     return os.environ.get(FAST_PATH_ENV, "1").strip().lower() not in ("0", "false", "no")

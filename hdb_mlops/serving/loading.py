@@ -98,7 +98,20 @@ def resolve_model_ref(
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"cannot resolve model {str(model_ref)!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot resolve model {str(model_ref)!r}: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """Why resolution failed, for the message. A registry lookup that finds nothing says
+    what is missing and what to do, serving a bundle directory included."""
+    from hdb_mlops.model.registry import LIST_HINT, RegistryError
+
+    if not isinstance(exc, RegistryError):
+        return str(exc)
+    hints = [exc.hint] if exc.hint else []
+    if exc.hint != LIST_HINT:
+        hints.append(f"serve a bundle directory with --model PATH (or ${MODEL_ENV})")
+    return f"{exc.problem}; {', or '.join(hints)}" if hints else exc.problem
 
 
 def _resolve_path(path: Path) -> ModelSource:
@@ -132,9 +145,9 @@ def _resolve_registry(ref: str | int, registry_name: str | None) -> ModelSource:
         raise ModelLoadError(f"registry model {name!r} version {version} has no bundle_sha256 tag")
     import mlflow  # imported (offline) by registry.show
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the spec from the version's bundle directory
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{shown['source'].rstrip('/')}/{SPEC_FILE}",
+            artifact_uri=f"{shown['bundle_uri'].rstrip('/')}/{SPEC_FILE}",
             dst_path=tmp,
             tracking_uri=tracking.tracking_uri(),
         )

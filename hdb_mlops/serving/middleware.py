@@ -1,7 +1,9 @@
-"""ASGI middleware: request ids, the body size limit, metrics and one log line per request."""
+"""ASGI middleware: request ids, the body size limit and read timeout, metrics and one log
+line per request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -10,25 +12,42 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from hdb_mlops.serving.errors import BodyTooLarge
+from hdb_mlops.serving.errors import BodyTimeout, BodyTooLarge
 from hdb_mlops.serving.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Seconds a client has, from the app's first read, to send the whole request body.
+DEFAULT_BODY_TIMEOUT_S = 10.0
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
 class RequestContextMiddleware:
     """Pure ASGI middleware: request id (``X-Request-ID`` set or echoed), body size limit,
-    metrics by route template and status, one JSON log line per request, and a JSON 500 for
-    any unhandled exception (never an HTML or plain-text page)."""
+    body read timeout, metrics by route template and status, one JSON log line per request,
+    and a JSON 500 for any unhandled exception (never an HTML or plain-text page).
 
-    def __init__(self, app: Any, metrics: ServiceMetrics, max_body_bytes: int):
+    The body must arrive within ``body_timeout`` seconds of the app's first read (uvicorn
+    bounds idle keep-alive connections, not a body that stalls): after that the request is
+    answered 408 with the JSON error shape and the connection closed, so a client that
+    declares ``Content-Length: 400`` and sends 10 bytes cannot hold a connection. None
+    disables the bound."""
+
+    def __init__(
+        self,
+        app: Any,
+        metrics: ServiceMetrics,
+        max_body_bytes: int,
+        body_timeout: float | None = DEFAULT_BODY_TIMEOUT_S,
+    ):
+        if body_timeout is not None and body_timeout <= 0:
+            raise ValueError(f"body_timeout must be positive, not {body_timeout}")
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self._paths: frozenset[str] | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -59,15 +78,30 @@ class RequestContextMiddleware:
             await send(message)
 
         limit = self.max_body_bytes
+        timeout = self.body_timeout
         received = 0
+        deadline: float | None = None
+        body_done = timeout is None
 
         async def receive_limited() -> dict:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, body_done
+            if body_done:  # later reads wait for a disconnect: no bound
+                message = await receive()
+            else:
+                if deadline is None:
+                    assert timeout is not None
+                    deadline = asyncio.get_running_loop().time() + timeout
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyTimeout(timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(limit)
+                if not message.get("more_body", False):
+                    body_done = True
             return message
 
         too_large = {"field": "body", "reason": str(BodyTooLarge(limit).detail)}
@@ -79,6 +113,12 @@ class RequestContextMiddleware:
         except BodyTooLarge:
             if not started:
                 await self._send_error(send_with_id, 413, "payload_too_large", [too_large], rid)
+        except BodyTimeout as exc:
+            if not started:
+                detail = [{"field": "body", "reason": str(exc.detail)}]
+                await self._send_error(
+                    send_with_id, 408, "request_timeout", detail, rid, close=True
+                )
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid, "path": scope.get("path")})
             if not started:
@@ -117,17 +157,19 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _send_error(
-        send: Any, status: int, error: str, detail: list[dict[str, str]], rid: str
+        send: Any,
+        status: int,
+        error: str,
+        detail: list[dict[str, str]],
+        rid: str,
+        close: bool = False,
     ) -> None:
         body = to_json({"error": error, "detail": detail, "request_id": rid})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -3,27 +3,34 @@
 :func:`build_schemas` makes the pydantic (v2) models at app creation, so the OpenAPI schema
 lists exactly the towns, flat types and flat models the served model knows. A request row has
 the official column names of the data.gov.sg files (``resale_price`` left out) and is checked
-with the loader's own rules (:mod:`hdb_mlops.data.validate`):
+with the loader's own rules (:mod:`hdb_mlops.data.validate`), enforcing exactly what the
+published JSON schema says (see :mod:`hdb_mlops.serving.request_fields`: no coercion of
+strings to numbers, of booleans to integers, no trimming of pattern fields):
 
 * ``month`` is ``YYYY-MM``, from 1990-01 to ``max_month`` (default: December of next year);
-* ``town``, ``flat_type`` and ``flat_model`` are one of the spec's categories, in any case and
-  with surrounding spaces, like the loader's ``clean_text`` ("Model A" and "MODEL A" are the
-  same). flat_type "MULTI GENERATION" (the 1990s spelling) is accepted and priced as
-  "MULTI-GENERATION", as the loader does;
-* ``storey_range`` is ``"NN TO NN"`` with 1 <= low <= high (any case);
-* ``floor_area_sqm`` is 20..400; ``lease_commence_date`` a year from 1960 to this year and no
-  later than the year after the sale;
+  the pattern spells that range;
+* ``town``, ``flat_type`` and ``flat_model`` are one of the spec's categories, in any ASCII
+  case and with surrounding spaces, like the loader's ``clean_text`` ("Model A" and
+  "MODEL A" are the same). flat_type "MULTI GENERATION" (the 1990s spelling) is accepted and
+  priced as "MULTI-GENERATION", as the loader does;
+* ``storey_range`` is ``"NN TO NN"`` with 1 <= low <= high ("to" in any case; the pattern
+  only admits such bands);
+* ``floor_area_sqm`` is a JSON number 20..400; ``lease_commence_date`` a JSON integer from
+  1960 to this year and no later than the year after the sale;
 * ``remaining_lease`` is optional: a string as the files write it (``"61 years 04 months"``,
-  ``"62 years"``, or whole years such as ``"70"`` as in 2015-2016) or an integer number of
-  **months**; at most 99 years. Absent, it is derived from the lease start like the loader does;
+  ``"62 years"``, or whole years such as ``"70"`` as in 2015-2016; 0-11 months, at most 99
+  years) or an integer number of **months** (0..1188). Absent, it is derived from the lease
+  start like the loader does. Given, it must agree with lease_commence_date and month within
+  :data:`~hdb_mlops.serving.request_fields.LEASE_TOLERANCE_MONTHS` (checked by the service
+  after validation, :func:`~hdb_mlops.serving.request_fields.lease_conflict`);
 * ``block`` and ``street_name`` are optional: they only feed location features, and a missing
   or unknown address gives NaN location features, never an error;
 * any other field is rejected (``extra="forbid"``).
 
-Category, storey and month checks run in pydantic-core (Rust); four small Python validators
-do the cross-field rules. After validation a row holds normalised values (upper-case
-categories and storey band, remaining lease in months or None), which is what the service's
-fast path turns into model features.
+Every per-field check runs in pydantic-core (Rust); two small Python validators do the
+cross-field lease-start rule and turn remaining_lease into months. After validation a row
+holds normalised values (upper-case categories and storey band, remaining lease in months or
+None), which is what the service's fast path turns into model features.
 """
 
 from __future__ import annotations
@@ -37,92 +44,105 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    GetPydanticSchema,
     StringConstraints,
     ValidationInfo,
-    WithJsonSchema,
     create_model,
     field_validator,
 )
-from pydantic_core import core_schema
 
-from hdb_mlops.data.normalise import LEASE_PATTERN
 from hdb_mlops.data.schema import (
     FIRST_MONTH,
     FLAT_TYPE_ALIASES,
     FLOOR_AREA_RANGE,
     LEASE_YEAR_MIN,
-    LEASE_YEARS,
     OFFICIAL_2017_COLUMNS,
 )
 from hdb_mlops.model.features import FeatureSpec
+from hdb_mlops.serving.request_fields import (
+    LEASE_TOLERANCE_MONTHS,
+    MAX_LEASE_MONTHS,
+    REMAINING_LEASE_PATTERN,
+    STOREY_PATTERN,
+    category_type,
+    json_integer,
+    lease_conflict,
+    lease_months,
+    month_pattern,
+    pattern_str,
+    year_range_pattern,
+)
+
+__all__ = [  # the field types and rules of request_fields are re-exported
+    "MAX_LEASE_MONTHS",
+    "MONTH_PATTERN",
+    "REMAINING_LEASE_PATTERN",
+    "REQUEST_COLUMNS",
+    "STOREY_PATTERN",
+    "BatchPredictions",
+    "ErrorItem",
+    "ErrorResponse",
+    "Interval",
+    "ModelInfo",
+    "Prediction",
+    "RecordBase",
+    "Schemas",
+    "build_schemas",
+    "category_type",
+    "default_max_month",
+    "lease_conflict",
+    "lease_months",
+    "month_pattern",
+    "year_range_pattern",
+]
 
 #: Columns a request row may have, in the official (2017-onwards) order, without the price.
 REQUEST_COLUMNS: tuple[str, ...] = tuple(c for c in OFFICIAL_2017_COLUMNS if c != "resale_price")
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
-#: "NN TO NN" with storeys from 01, in any case (the value is upper-cased after the check).
-STOREY_PATTERN = r"^(0[1-9]|[1-9]\d) [Tt][Oo] (0[1-9]|[1-9]\d)$"
-#: remaining_lease as a string: the loader's forms ("61 years 04 months", "62 years", "70");
-#: an empty string means "not given", as a blank field of the files does.
-REMAINING_LEASE_PATTERN = rf"{LEASE_PATTERN}|^\d{{1,2}}$|^$"
-MAX_LEASE_MONTHS = LEASE_YEARS * 12
-_LEASE_RE = re.compile(LEASE_PATTERN)
+_LAST_MONTH = "2099-12"
 
 
-def year_range_pattern(first: int, last: int) -> str:
-    """A regular expression for the years ``first..last``, decade by decade
-    (1990..2027: ``199\\d|200\\d|201\\d|202[0-7]``)."""
-    if not 1000 <= first <= last <= 9999:
-        raise ValueError(f"not a range of 4-digit years: {first}..{last}")
-    parts = []
-    for decade in range(first // 10, last // 10 + 1):
-        lo, hi = max(first, decade * 10) % 10, min(last, decade * 10 + 9) % 10
-        digits = r"\d" if (lo, hi) == (0, 9) else str(lo) if lo == hi else f"[{lo}-{hi}]"
-        parts.append(f"{decade}{digits}")
-    return "|".join(parts)
-
-
-def month_pattern(first_month: str, last_month: str) -> str:
-    """``YYYY-MM`` with a year from ``first_month``'s to ``last_month``'s (the exact bounds are
-    checked by a validator)."""
-    years = year_range_pattern(int(first_month[:4]), int(last_month[:4]))
-    return f"^({years})-(0[1-9]|1[0-2])$"
-
-
-def lease_months(value: int | str | None) -> int | None:
-    """Remaining lease in months from an integer (months) or a string as the files write it
-    (``"61 years 04 months"``, ``"62 years"``, whole years ``"70"``); None when not given."""
-    if value is None or isinstance(value, int):
-        return value
-    value = value.strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return int(value) * 12
-    match = _LEASE_RE.match(value)
-    if match is None:
-        raise ValueError(f"{value!r} is not like '61 years 04 months'")
-    return int(match.group(1)) * 12 + int(match.group(2) or 0)
-
-
-def category_type(values: tuple[str, ...], accept: tuple[str, ...] = ()) -> Any:
-    """A string that must be one of ``values`` after stripping and upper-casing (like the
-    loader's clean_text), validated in pydantic-core; ``accept`` are extra spellings that are
-    valid but not advertised (e.g. "MULTI GENERATION", which the loader maps to
-    "MULTI-GENERATION"). The JSON schema is an enum of ``values``."""
-    if not values:
-        raise ValueError("a category field needs at least one category")
-    schema = core_schema.chain_schema(
-        [
-            core_schema.str_schema(strip_whitespace=True, to_upper=True),
-            core_schema.literal_schema([*values, *(a for a in accept if a not in values)]),
-        ]
+def month_type(first_month: str, last_month: str) -> Any:
+    """A sale month ``YYYY-MM`` from ``first_month`` to ``last_month`` (an exact pattern)."""
+    return pattern_str(
+        month_pattern(first_month, last_month),
+        f"month must be YYYY-MM from {first_month} to {last_month}",
     )
-    return Annotated[
-        str,
-        GetPydanticSchema(lambda _type, _handler: schema),
-        WithJsonSchema({"type": "string", "enum": list(values)}),
-    ]
+
+
+def lease_start_type(last_year: int) -> Any:
+    """The lease commencement year, a JSON integer from 1960 to ``last_year``."""
+    return json_integer(LEASE_YEAR_MIN, last_year)
+
+
+_LEASE_START_DESCRIPTION = (
+    "Year the 99-year lease started. It may be no later than the year after the sale month "
+    "(a rule across fields, refused with 422)."
+)
+_REMAINING_LEASE_DESCRIPTION = (
+    "Remaining lease at the sale: a string as the files write it ('61 years 04 months', "
+    "'62 years', whole years '70'; 0-11 months, at most 99 years) or an integer number of "
+    "MONTHS (0-1188); no booleans. Optional: derived from lease_commence_date when absent "
+    "or ''. When given it must agree with lease_commence_date and month: within "
+    f"{LEASE_TOLERANCE_MONTHS} months of (lease_commence_date + 99) years + 6 months minus "
+    "the sale month (the lease taken to start mid-year), else 422. Validated rows hold it "
+    "in months (or null)."
+)
+_ANY_CASE = (
+    " One of the enum, in any (ASCII) case; surrounding spaces, tabs and newlines are ignored "
+    "(the second schema of anyOf spells exactly that)."
+)
+_STOREY_REASON = "storey_range must be 'NN TO NN' with 01 <= low <= high, e.g. '07 TO 09'"
+_LEASE_REASON = (
+    "remaining_lease must be a string like '61 years 04 months' (0-11 months, at most "
+    "99 years), '62 years' or whole years '70', or an integer number of months"
+)
+
+
+_Month = month_type(FIRST_MONTH, _LAST_MONTH)
+_Storey = pattern_str(STOREY_PATTERN, _STOREY_REASON, to_upper=True)
+_LeaseStart = lease_start_type(9999)
+_LeaseMonths = json_integer(0, MAX_LEASE_MONTHS)
+_LeaseText = pattern_str(REMAINING_LEASE_PATTERN, _LEASE_REASON)
 
 
 class RecordBase(BaseModel):
@@ -132,98 +152,67 @@ class RecordBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: Latest sale month accepted (set per service by :func:`build_schemas`).
-    max_month: ClassVar[str] = "2099-12"
+    max_month: ClassVar[str] = _LAST_MONTH
 
     month: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, pattern=MONTH_PATTERN),
+        _Month,
         Field(
             description="Month of the sale, YYYY-MM (1990-01 up to the service's max_month).",
             examples=["2025-06"],
         ),
     ]
     block: Annotated[
-        Annotated[str, StringConstraints(max_length=16)] | None,
+        Annotated[str, StringConstraints(strict=True, max_length=16)] | None,
         Field(description="Block number (location features only).", examples=["406"]),
     ] = None
     street_name: Annotated[
-        Annotated[str, StringConstraints(max_length=120)] | None,
+        Annotated[str, StringConstraints(strict=True, max_length=120)] | None,
         Field(
             description="Street name (location features only).",
             examples=["ANG MO KIO AVE 10"],
         ),
     ] = None
     storey_range: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, to_upper=True, pattern=STOREY_PATTERN),
+        _Storey,
         Field(
-            description="Storey band 'NN TO NN' (1 <= low <= high; any case).",
+            description="Storey band 'NN TO NN' with 01 <= low <= high ('to' in any case).",
             examples=["07 TO 09"],
         ),
     ]
     floor_area_sqm: Annotated[
         float,
         Field(
+            strict=True,
             ge=FLOOR_AREA_RANGE[0],
             le=FLOOR_AREA_RANGE[1],
             allow_inf_nan=False,
-            description="Floor area in square metres.",
+            description="Floor area in square metres (a JSON number).",
             examples=[92.0],
         ),
     ]
     lease_commence_date: Annotated[
-        int,
-        Field(
-            ge=LEASE_YEAR_MIN,
-            description="Year the 99-year lease started (no later than the year after the sale).",
-            examples=[1979],
-        ),
+        _LeaseStart,
+        Field(description=_LEASE_START_DESCRIPTION, examples=[1979]),
     ]
     remaining_lease: Annotated[
-        Annotated[int, Field(ge=0, le=MAX_LEASE_MONTHS)]
-        | Annotated[str, StringConstraints(strip_whitespace=True, pattern=REMAINING_LEASE_PATTERN)]
-        | None,
-        Field(
-            description=(
-                "Remaining lease: a string as the files write it ('61 years 04 months', "
-                "'62 years', whole years '70') or an integer number of MONTHS; at most 99 "
-                "years. Optional: derived from lease_commence_date when absent. Validated "
-                "rows hold it in months (or null)."
-            ),
-            examples=["52 years 03 months", 627],
-        ),
+        _LeaseMonths | _LeaseText | None,
+        Field(description=_REMAINING_LEASE_DESCRIPTION, examples=["52 years 03 months", 627]),
     ] = None
-
-    @field_validator("month")
-    @classmethod
-    def _month_in_range(cls, value: str) -> str:
-        if value < FIRST_MONTH or value > cls.max_month:
-            raise ValueError(f"month must be between {FIRST_MONTH} and {cls.max_month}")
-        return value
-
-    @field_validator("storey_range")
-    @classmethod
-    def _storey_order(cls, value: str) -> str:
-        low, high = int(value[:2]), int(value[-2:])
-        if low < 1 or low > high:
-            raise ValueError("storey_range must be 'NN TO NN' with 1 <= low <= high")
-        return value
 
     @field_validator("lease_commence_date")
     @classmethod
     def _lease_before_sale(cls, value: int, info: ValidationInfo) -> int:
         month = info.data.get("month")
         if month is not None and value > int(month[:4]) + 1:
-            raise ValueError(f"the lease cannot start more than a year after the sale ({month})")
+            raise ValueError(
+                f"the lease cannot start more than a year after the sale (month {month})"
+            )
         return value
 
     @field_validator("remaining_lease")
     @classmethod
     def _lease_to_months(cls, value: int | str | None) -> int | None:
-        months = lease_months(value)
-        if months is not None and months > MAX_LEASE_MONTHS:
-            raise ValueError(f"remaining_lease must be at most {LEASE_YEARS} years")
-        return months
+        return lease_months(value)
 
 
 class Interval(BaseModel):
@@ -314,38 +303,26 @@ def build_schemas(
         __doc__="One flat to price: the official columns of the resale files, no price.",
         town=(
             category_type(tuple(cats["town"])),
-            Field(description="HDB town (any case).", examples=["ANG MO KIO"]),
+            Field(description=f"HDB town.{_ANY_CASE}", examples=["ANG MO KIO"]),
         ),
         flat_type=(
             category_type(tuple(cats["flat_type"]), accept=tuple(FLAT_TYPE_ALIASES)),
-            Field(description="Flat type (any case).", examples=["4 ROOM"]),
+            Field(description=f"Flat type.{_ANY_CASE}", examples=["4 ROOM"]),
         ),
         flat_model=(
             category_type(tuple(cats["flat_model"])),
-            Field(description="Flat model (any case).", examples=["NEW GENERATION"]),
+            Field(description=f"Flat model.{_ANY_CASE}", examples=["NEW GENERATION"]),
         ),
         month=(
-            Annotated[
-                str,
-                StringConstraints(
-                    strip_whitespace=True, pattern=month_pattern(FIRST_MONTH, max_month)
-                ),
-            ],
+            month_type(FIRST_MONTH, max_month),
             Field(
                 description=f"Month of the sale, YYYY-MM, {FIRST_MONTH} to {max_month}.",
                 examples=["2025-06"],
             ),
         ),
         lease_commence_date=(
-            int,
-            Field(
-                ge=LEASE_YEAR_MIN,
-                le=date.today().year,
-                description=(
-                    "Year the 99-year lease started (no later than the year after the sale)."
-                ),
-                examples=[1979],
-            ),
+            lease_start_type(date.today().year),
+            Field(description=_LEASE_START_DESCRIPTION, examples=[1979]),
         ),
     )
     record.max_month = max_month

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -29,6 +30,19 @@ _CSV_LAYOUTS: dict[int, tuple[str, ...]] = {
 
 
 _CSV_OPTIONAL = frozenset({"block", "street_name", "remaining_lease"})
+#: CSV fields that are JSON numbers in a request row (a CSV cell is text).
+_CSV_NUMBERS = frozenset({"floor_area_sqm", "lease_commence_date"})
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def csv_value(column: str, text: str) -> str | int | float:
+    """A CSV cell as the JSON value of a request row: surrounding spaces stripped, and a
+    number for the numeric columns when the cell is one (an int when it has only digits);
+    anything else stays text, which validation then names."""
+    text = text.strip()
+    if column in _CSV_NUMBERS and _NUMBER_RE.fullmatch(text):
+        return int(text) if text.lstrip("+-").isdigit() else float(text)
+    return text
 
 
 def wants_csv(accept: str | None) -> bool | None:
@@ -44,9 +58,9 @@ def wants_csv(accept: str | None) -> bool | None:
     return None
 
 
-def parse_csv(body: bytes, max_batch: int) -> list[dict[str, str]] | tuple[int, str, list]:
-    """CSV rows as dicts of the official column names (see the module docstring), or
-    ``(status, error, detail)``."""
+def parse_csv(body: bytes, max_batch: int) -> list[dict[str, Any]] | tuple[int, str, list]:
+    """CSV rows as dicts of the official column names (see the module docstring; cells as
+    :func:`csv_value`), or ``(status, error, detail)``."""
     try:
         text = body.decode("utf-8").lstrip("\ufeff")
     except UnicodeDecodeError as exc:
@@ -112,7 +126,7 @@ def parse_csv(body: bytes, max_batch: int) -> list[dict[str, str]] | tuple[int, 
             )
         records.append(
             {
-                col: value
+                col: csv_value(col, value)
                 for col, value in zip(columns, row, strict=True)
                 if col != _CSV_PRICE and not (col in _CSV_OPTIONAL and not value.strip())
             }

@@ -16,7 +16,14 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from hdb_mlops.serving.app import DEFAULT_MAX_BATCH, MAX_BATCH_ENV, create_app, fast_path_from_env
+from hdb_mlops.serving.app import (
+    BODY_TIMEOUT_ENV,
+    DEFAULT_MAX_BATCH,
+    MAX_BATCH_ENV,
+    body_timeout_from_env,
+    create_app,
+    fast_path_from_env,
+)
 from hdb_mlops.serving.loading import MODEL_ENV, MODEL_NAME_ENV, ModelLoadError, resolve_model_ref
 from hdb_mlops.serving.logs import logging_config
 
@@ -72,6 +79,7 @@ def serve(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
     graceful_timeout: int = GRACEFUL_SHUTDOWN_S,
+    body_timeout: float | None = None,
 ) -> None:
     """Run the service with uvicorn until SIGINT/SIGTERM (what ``hdb-mlops serve`` calls).
 
@@ -81,11 +89,16 @@ def serve(
     ``hdb_mlops.serving.app:app_from_env`` (the reference is passed in ``$HDB_MLOPS_MODEL``, after
     a check here). ``$HDB_MLOPS_FAST_PATH=0`` serves through the generic loader path. Logs are
     JSON lines on stderr; in-flight requests get ``graceful_timeout`` seconds on shutdown.
+    A request body must arrive within ``body_timeout`` seconds (default
+    ``$HDB_MLOPS_BODY_TIMEOUT``, else 10 s), else 408 and the connection is closed: uvicorn
+    has no such bound (``timeout_keep_alive`` only covers idle connections between requests).
     """
     import uvicorn
 
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
+    if body_timeout is None:
+        body_timeout = body_timeout_from_env()
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -97,7 +110,12 @@ def serve(
     }
     if workers == 1:
         logging.config.dictConfig(options["log_config"])
-        app = create_app(model_ref, max_batch=max_batch, fast_path=fast_path_from_env())
+        app = create_app(
+            model_ref,
+            max_batch=max_batch,
+            fast_path=fast_path_from_env(),
+            body_timeout=body_timeout,
+        )
         uvicorn.run(app, **options)
         return
     source = resolve_model_ref(model_ref)  # fail here, not in every worker
@@ -105,6 +123,7 @@ def serve(
     if source.registry_name:
         os.environ[MODEL_NAME_ENV] = source.registry_name
     os.environ[MAX_BATCH_ENV] = str(max_batch)
+    os.environ[BODY_TIMEOUT_ENV] = repr(float(body_timeout))
     uvicorn.run(
         "hdb_mlops.serving.app:app_from_env",
         factory=True,
