@@ -175,7 +175,10 @@ def build_features(
 ) -> pd.DataFrame:
     """Feature frame for ``transactions`` (normalised rows as the loader returns them).
 
-    Categories outside the spec become missing values (the model treats them as unknown).
+    The numeric columns are :func:`numeric_features` of the frame's columns (a remaining
+    lease still missing is derived), the categorical ones pandas Categoricals with the codes
+    of :func:`category_codes`. Categories outside the spec become missing values (the model
+    treats them as unknown).
     With ``spec.location``, coordinates and distances come from ``locations`` (geocodes,
     stations); rows without a geocode get NaN, never an error.
     """

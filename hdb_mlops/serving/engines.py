@@ -5,6 +5,7 @@ start-up check that picks the fastest engine agreeing with the reference on prob
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -12,17 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hdb_mlops.data.schema import FLAT_TYPE_ALIASES, LEASE_YEARS
+from hdb_mlops.data.normalise import Num, storey_mid
+from hdb_mlops.data.schema import FLAT_TYPE_ALIASES
 from hdb_mlops.model.bundle import Bundle
-from hdb_mlops.model.features import EPOCH, FeatureSpec
+from hdb_mlops.model.features import FeatureSpec, month_index_of, numeric_features
 from hdb_mlops.serving.request_schema import RecordBase
 
 log = logging.getLogger(__name__)
-
-
-#: Sale months are counted from this year in the loader's lease arithmetic.
-_EPOCH_YEAR = EPOCH.year
-_MAX_LEASE_MONTHS = LEASE_YEARS * 12
 
 
 class PredictionError(RuntimeError):
@@ -30,6 +27,7 @@ class PredictionError(RuntimeError):
 
 
 def flat_type_of(value: str) -> str:
+    """A validated flat type as the loader spells it ("MULTI GENERATION" -> "MULTI-GENERATION")."""
     return FLAT_TYPE_ALIASES.get(value, value)
 
 
@@ -59,40 +57,35 @@ def raw_records(records: Sequence[RecordBase]) -> list[dict[str, Any]]:
     return out
 
 
-def numeric_rows(records: Sequence[RecordBase]) -> dict[str, np.ndarray]:
-    """The numeric features of ``build_features`` (and the loader's parsed columns), computed
-    from validated rows with the loader's arithmetic: month index from 1990-01, storey mid,
-    remaining lease reported or derived (lease taken to start mid-year, capped at 99 years)."""
-    n = len(records)
-    month_index = np.empty(n, dtype="float64")
-    storey_mid = np.empty(n, dtype="float64")
-    floor_area = np.empty(n, dtype="float64")
-    lease_start = np.empty(n, dtype="float64")
-    remaining = np.empty(n, dtype="float64")
-    flat_age = np.empty(n, dtype="float64")
-    for i, r in enumerate(records):
-        month = r.month
-        year, mon = int(month[:4]), int(month[5:7])
-        idx = (year - _EPOCH_YEAR) * 12 + mon - 1
-        lcd = r.lease_commence_date
-        storey = r.storey_range
-        month_index[i] = idx
-        storey_mid[i] = (int(storey[:2]) + int(storey[-2:])) / 2
-        floor_area[i] = r.floor_area_sqm
-        lease_start[i] = lcd
-        reported = r.remaining_lease
-        if reported is None:
-            reported = min((lcd + LEASE_YEARS) * 12 + 6 - (year * 12 + mon - 1), _MAX_LEASE_MONTHS)
-        remaining[i] = reported
-        flat_age[i] = idx - ((lcd - _EPOCH_YEAR) * 12 + 6)
-    return {
-        "floor_area_sqm": floor_area,
-        "storey_mid": storey_mid,
-        "remaining_lease_months": remaining,
-        "lease_commence_date": lease_start,
-        "flat_age_months": flat_age,
-        "month_index": month_index,
-    }
+def _parsed(r: RecordBase) -> tuple[int, int, int, float, int, float]:
+    """The numeric inputs of one validated row: month index ("2025-03"), storey low and high
+    ("10 TO 12"), floor area, lease start year, reported remaining lease (months, NaN)."""
+    month, storey, reported = r.month, r.storey_range, r.remaining_lease
+    return (
+        month_index_of(int(month[:4]), int(month[5:7])),
+        int(storey[:2]),
+        int(storey[-2:]),
+        r.floor_area_sqm,
+        r.lease_commence_date,
+        math.nan if reported is None else reported,
+    )
+
+
+def _columns(records: Sequence[RecordBase]) -> np.ndarray:
+    """:func:`_parsed` of every row as six float64 arrays (a 6 x rows array)."""
+    return np.array([_parsed(r) for r in records], dtype="float64").reshape(len(records), 6).T
+
+
+def numeric_rows(records: Sequence[RecordBase]) -> dict[str, Num]:
+    """The numeric features of ``build_features`` for validated rows: the month and storey
+    band are parsed here, every formula (storey mid, remaining lease reported or derived, flat
+    age) is :func:`hdb_mlops.model.features.numeric_features`'. Python numbers for one row
+    (no numpy overhead on the single-row path), float64 arrays otherwise."""
+    if len(records) == 1:
+        idx, low, high, area, lease_start, reported = _parsed(records[0])
+    else:
+        idx, low, high, area, lease_start, reported = _columns(records)
+    return numeric_features(idx, storey_mid(low, high), area, lease_start, reported)
 
 
 def records_frame(records: Sequence[RecordBase]) -> pd.DataFrame:
@@ -100,13 +93,9 @@ def records_frame(records: Sequence[RecordBase]) -> pd.DataFrame:
     built directly from validated rows, without re-parsing strings. Missing block or
     street_name are missing values (NaN location features, never an error)."""
     n = len(records)
-    num = numeric_rows(records)
-    storey_low = np.array([int(r.storey_range[:2]) for r in records], dtype="float64")
-    storey_high = np.array([int(r.storey_range[-2:]) for r in records], dtype="float64")
-    reported = np.array(
-        [np.nan if r.remaining_lease is None else r.remaining_lease for r in records],
-        dtype="float64",
-    )
+    idx, low, high, area, lease_start, reported = _columns(records)
+    mid = storey_mid(low, high)
+    num = numeric_features(idx, mid, area, lease_start, reported)
     return pd.DataFrame(
         {
             "month": pd.PeriodIndex([r.month for r in records], freq="M"),
@@ -115,12 +104,12 @@ def records_frame(records: Sequence[RecordBase]) -> pd.DataFrame:
             "block": pd.array([r.block for r in records], dtype="str"),
             "street_name": pd.array([r.street_name for r in records], dtype="str"),
             "storey_range": pd.array([r.storey_range for r in records], dtype="str"),
-            "storey_low": storey_low,
-            "storey_high": storey_high,
-            "storey_mid": num["storey_mid"],
-            "floor_area_sqm": num["floor_area_sqm"],
+            "storey_low": low,
+            "storey_high": high,
+            "storey_mid": mid,
+            "floor_area_sqm": area,
             "flat_model": pd.array([r.flat_model for r in records], dtype="str"),
-            "lease_commence_date": num["lease_commence_date"],
+            "lease_commence_date": lease_start,
             "remaining_lease_reported": reported,
             "remaining_lease_months": num["remaining_lease_months"],
             "remaining_lease_derived": np.isnan(reported),

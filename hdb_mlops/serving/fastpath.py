@@ -1,5 +1,11 @@
 """The XGBoost fast path: the model's input built from validated rows with plain numpy,
 scored by the booster without the wrapper's per-call overhead.
+
+Every feature comes from the training side's own builders
+(:func:`hdb_mlops.model.features.numeric_features` through
+:func:`hdb_mlops.serving.engines.numeric_rows`, :func:`~hdb_mlops.model.features.category_codes`,
+:func:`~hdb_mlops.model.features.location_values`); this module only lays them out in the
+model's column order.
 """
 
 from __future__ import annotations
@@ -10,10 +16,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from hdb_mlops.model.bundle import Bundle
-from hdb_mlops.model.features import LOCATION_FEATURES, FeatureSpec
+from hdb_mlops.model.features import (
+    LOCATION_FEATURES,
+    FeatureSpec,
+    category_codes,
+    location_lookup,
+    location_values,
+)
 from hdb_mlops.serving.engines import Engine, PredictionError, flat_type_of, numeric_rows
 from hdb_mlops.serving.request_schema import RecordBase
 
@@ -96,14 +107,14 @@ class BoosterCall:
 
 
 class AddressEncoding:
-    """:meth:`hdb_mlops.model.models.AddressEncoder.transform` for validated rows, without its
+    """:meth:`hdb_mlops.model.encoding.AddressEncoder.transform` for validated rows, without its
     per-call pandas cost (about 10 ms for one row on a busy 2-core machine): the keys of an
-    address from :func:`hdb_mlops.model.models.row_keys` (plain Python), the encoder's per-key sums
-    from dictionaries made once from its tables, and the encoder's own arithmetic
-    (:meth:`~hdb_mlops.model.models.AddressEncoder.feature_arrays`) on arrays."""
+    address from :func:`hdb_mlops.model.encoding.row_keys` (plain Python), the encoder's per-key
+    sums from dictionaries made once from its tables, and the encoder's own arithmetic
+    (:meth:`~hdb_mlops.model.encoding.AddressEncoder.feature_arrays`) on arrays."""
 
     def __init__(self, encoder: Any):
-        from hdb_mlops.model.models import ENCODING_LEVELS
+        from hdb_mlops.model.encoding import ENCODING_LEVELS
 
         self.encoder = encoder
         self.levels = tuple(ENCODING_LEVELS)
@@ -130,7 +141,7 @@ class AddressEncoding:
 
     def features(self, records: Sequence[RecordBase], month_index: np.ndarray) -> np.ndarray:
         """The encoder's features for ``records`` (rows x :attr:`columns`, the model's order)."""
-        from hdb_mlops.model.models import row_keys
+        from hdb_mlops.model.encoding import row_keys
 
         keys = [
             row_keys(r.town, r.block, r.street_name, flat_type_of(r.flat_type)) for r in records
@@ -160,12 +171,9 @@ class XGBoostEngine(Engine):
             raise ValueError(f"booster features {names} are not {[*self.columns, *extra]}")
         if nthread:
             self.booster.set_param({"nthread": int(nthread)})
-        self.codes = {
-            col: {cat: float(i) for i, cat in enumerate(cats)}
-            for col, cats in spec.categorical.items()
-        }
+        self.categorical = {col: tuple(cats) for col, cats in spec.categorical.items()}
         self.location = spec.location
-        self.locations = _location_lookup(model.locations) if spec.location else {}
+        self.locations = location_lookup(model.locations) if spec.location else {}
         self.detrend = bool(getattr(model, "detrend", False))
         if self.detrend:
             index = model.index_
@@ -188,32 +196,27 @@ class XGBoostEngine(Engine):
         return known + self.slope * np.maximum(idx - self.last, 0)
 
     def features(self, records: Sequence[RecordBase]) -> np.ndarray:
-        """The feature matrix (rows x spec columns), categories as codes, NaN for unknown."""
+        """The feature matrix (rows x spec columns, then the address encoding's), categories
+        as codes, NaN for unknown."""
         cols: dict[str, Any] = numeric_rows(records)
         if self.location:
-            from hdb_mlops.data.location import address_key
-
-            nan4 = (math.nan,) * 4
-            located = np.array(
-                [
-                    self.locations.get(address_key(r.block, r.street_name), nan4)
-                    if r.block is not None and r.street_name is not None
-                    else nan4
-                    for r in records
-                ],
-                dtype="float64",
-            ).reshape(len(records), 4)
+            located = location_values(
+                self.locations, [r.block for r in records], [r.street_name for r in records]
+            )
             for j, col in enumerate(LOCATION_FEATURES):
                 cols[col] = located[:, j]
-        for col, codes in self.codes.items():
+        for col, categories in self.categorical.items():
             if col == "flat_type":
-                values = [codes.get(flat_type_of(r.flat_type), math.nan) for r in records]
+                values = [flat_type_of(r.flat_type) for r in records]
             else:
-                values = [codes.get(getattr(r, col), math.nan) for r in records]
-            cols[col] = np.array(values, dtype="float64")
-        matrix = np.column_stack([cols[c] for c in self.columns])
+                values = [getattr(r, col) for r in records]
+            cols[col] = category_codes(values, categories)
+        # one row: Python numbers and 1-element arrays alike go in by broadcasting
+        matrix = np.empty((len(records), len(self.columns)), dtype="float64")
+        for j, col in enumerate(self.columns):
+            matrix[:, j] = cols[col]
         if self.encoding is not None:
-            encoded = self.encoding.features(records, cols["month_index"])
+            encoded = self.encoding.features(records, matrix[:, self.month_col])
             matrix = np.concatenate([matrix, encoded], axis=1)
         return matrix
 
@@ -226,22 +229,3 @@ class XGBoostEngine(Engine):
         if self.detrend:
             log_rel = log_rel + self._market_index(features[:, self.month_col])
         return np.exp(np.asarray(log_rel)).astype("float64", copy=False)
-
-
-def _location_lookup(
-    locations: tuple[pd.DataFrame, pd.DataFrame] | None,
-) -> dict[str, tuple[float, float, float, float]]:
-    """Address key -> (latitude, longitude, dist_mrt_km, dist_cbd_km), computed once with
-    :func:`hdb_mlops.data.location.add_location_features` for every geocoded address."""
-    if locations is None:
-        return {}
-    from hdb_mlops.data.location import add_location_features, address_key, make_geocode_table
-
-    geocodes, stations = locations
-    table = make_geocode_table(geocodes)[["block", "street_name"]]
-    feats = add_location_features(table, geocodes, stations)
-    values = feats[list(LOCATION_FEATURES)].to_numpy(dtype="float64")
-    return {
-        address_key(b, s): tuple(row)
-        for b, s, row in zip(table["block"], table["street_name"], values, strict=True)
-    }

@@ -28,7 +28,12 @@ from typing import Annotated, Any
 from pydantic import GetPydanticSchema, WithJsonSchema
 from pydantic_core import core_schema
 
-from hdb_mlops.data.normalise import LEASE_PATTERN
+from hdb_mlops.data.normalise import (
+    LEASE_PATTERN,
+    derived_remaining_lease_months,
+    lease_age_months,
+    month_count,
+)
 from hdb_mlops.data.schema import LEASE_YEARS
 
 MAX_LEASE_MONTHS = LEASE_YEARS * 12
@@ -216,9 +221,9 @@ def lease_months(value: int | str | None) -> int | None:
 def implied_remaining_lease(month: str, lease_commence_date: int) -> int:
     """Months of lease left at the sale ``month`` (``YYYY-MM``) for a lease that started in
     ``lease_commence_date``, taken to start mid-year, at most 99 years: the arithmetic of
-    :func:`hdb_mlops.data.normalise.derive_remaining_lease`, for one row."""
-    sale = int(month[:4]) * 12 + int(month[5:7]) - 1
-    return min((lease_commence_date + LEASE_YEARS) * 12 + 6 - sale, MAX_LEASE_MONTHS)
+    :func:`hdb_mlops.data.normalise.derive_remaining_lease`, for one row (the same functions)."""
+    sale = month_count(int(month[:4]), int(month[5:7]))
+    return int(derived_remaining_lease_months(lease_age_months(sale, lease_commence_date)))
 
 
 def format_months(months: int) -> str:
