@@ -104,7 +104,7 @@ def group_table(
 
 
 def figures_table(
-    figures: Mapping[str, Any], kinds: Mapping[str, str] | None = None
+    figures: Mapping[str, Any], kinds: Mapping[str, str] | None = None, title: str = "key figures"
 ) -> pd.DataFrame:
     """Key figures as a one-column table of text: integers as integers, ``kinds`` (name ->
     percent/money/ratio) rounded by kind, other floats to 2 places. Text, so that a mix of
@@ -123,4 +123,4 @@ def figures_table(
             shown[name] = f"{value:,.2f}"
         else:
             shown[name] = str(value)
-    return pd.Series(shown, dtype="str").to_frame("key figures")
+    return pd.Series(shown, dtype="str").to_frame(title)
