@@ -15,7 +15,7 @@ help:
 	@echo "make test       unit + integration tests, nbval on the notebooks, a quick pipeline run"
 	@echo "make lab        open JupyterLab on notebooks/"
 	@echo "make notebooks  re-execute the committed notebooks in place (refresh their outputs)"
-	@echo "make workbooks  write the learner workbooks (exercises without solutions) into workbooks/"
+	@echo "make workbooks  write workbooks/<chapter>.ipynb (exercises without solutions) and the autograders, masters checked"
 	@echo "make lock       re-resolve requirements.lock from pyproject.toml"
 	@echo "make sample     regenerate data/sample/ from the committed calibration"
 	@echo "make clean      remove runs/ and the data caches (keeps .venv)"
@@ -53,7 +53,7 @@ lock:
 	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 -o requirements.lock
 
 workbooks: setup
-	$(BIN)/hdb-mlops workbook build
+	$(BIN)/hdb-mlops workbook build --check $(ARGS)
 
 sample: setup
 	$(BIN)/hdb-mlops data sample --out data/sample

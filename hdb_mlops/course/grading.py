@@ -272,14 +272,8 @@ def grade(notebook: Path, autograder: Path, *, timeout: float = DEFAULT_TIMEOUT)
             "IPYTHONDIR": str(tmp_dir / "ipython"),
             "MPLBACKEND": "Agg",
         }
-        cmd = [
-            sys.executable,
-            "-c",
-            _RUNNER,
-            str(Path(notebook).resolve()),
-            str(Path(autograder).resolve()),
-            str(tmp_dir / "out"),
-        ]
+        args = [Path(notebook).resolve(), Path(autograder).resolve(), tmp_dir / "out"]
+        cmd = [sys.executable, "-c", _RUNNER, *map(str, args)]
         log_path = tmp_dir / "otter-run.log"
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
@@ -357,7 +351,9 @@ def check(
     docstring) and graded with ``otter run`` in a subprocess killed after ``timeout`` seconds,
     ``jobs`` at a time. Columns: :data:`COLUMNS`; ``status`` is one of :data:`STATUSES`, and a
     notebook that is not ``graded`` scores 0 with the reason in ``message`` (for graded rows,
-    the hints of the failed tests). Totals per learner: :func:`totals`.
+    the hints of the failed tests); a notebook without autograder has one row, with no
+    question and 0 points of 0. ``seconds``: the notebook's grading time. Totals per learner:
+    :func:`totals`.
 
     Raises :class:`WorkbookError` when there is no autograder folder, no zip in it, or no
     notebook in ``paths``.

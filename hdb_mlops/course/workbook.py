@@ -197,15 +197,21 @@ def _self_check(master: Path, dist: Path, zip_path: Path, timeout: float) -> str
     return f"{master.stem}: the solutions score {', '.join(short)}" if short else None
 
 
-def _write(path: Path, data: bytes, *, force: bool, guard: bool) -> bool:
-    """Write ``data`` unless the file already holds it; False when nothing changed."""
+def _keep_edits(path: Path, data: bytes, force: bool) -> None:
+    """Raise unless ``path`` may be replaced by ``data``: it is absent, holds ``data``, is
+    unedited since it was built, or ``force``."""
+    if force or not path.exists() or path.read_bytes() == data or not _edited(path):
+        return
+    raise WorkbookError(
+        f"{path} was edited since it was built (a learner's answers?): move it away, "
+        "or build with --force to overwrite it"
+    )
+
+
+def _write(path: Path, data: bytes) -> bool:
+    """Write ``data`` (atomically) unless the file already holds it; whether it changed."""
     if path.exists() and path.read_bytes() == data:
         return False
-    if guard and path.exists() and not force and _edited(path):
-        raise WorkbookError(
-            f"{path} was edited since it was built (a learner's answers?): move it away, "
-            "or build with --force to overwrite it"
-        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
@@ -264,11 +270,13 @@ def build(
             problems = [_self_check(m, d, z, timeout) for m, d, z, _ in built]
             if problems := [p for p in problems if p]:
                 raise WorkbookError("self-check failed, nothing written: " + "; ".join(problems))
+        for master, _, _, student in built:  # check them all before writing any
+            _keep_edits(out / master.name, student, force)
         for master, dist, zip_path, student in built:
             student_path = out / master.name
             autograder_path = out / "autograder" / f"{master.stem}.zip"
-            changed = _write(student_path, student, force=force, guard=True)
-            changed |= _write(autograder_path, zip_path.read_bytes(), force=force, guard=False)
+            changed = _write(student_path, student)
+            changed |= _write(autograder_path, zip_path.read_bytes())
             for extra in sorted((dist / "student").iterdir()):
                 if extra.name == master.name:
                     continue
