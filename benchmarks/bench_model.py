@@ -1,8 +1,9 @@
 """Benchmark: price-model quality on the real data (holdout and rolling, raw vs location).
 
 Trains the baselines and the default XGBoost model under the time-aware protocols of
-:mod:`hdb_mlops.model.evaluate` and prints every metric of :func:`hdb_mlops.model.evaluate.metrics`, the
-fit time and the course's quality bars (PASS/FAIL). It only prints: a benchmark, not a test.
+:mod:`hdb_mlops.model.evaluate` and prints every metric of
+:func:`hdb_mlops.model.evaluate.metrics`, the fit time and the course's quality bars
+(PASS/FAIL). It only prints: a benchmark, not a test.
 
 * holdout: train on months <= 2024-12, test on every later month;
 * rolling: retrain before every month from 2025-01 on all earlier months, predict that month

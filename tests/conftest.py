@@ -25,3 +25,25 @@ def real_data_dir() -> Path:
             "resale files, or place them in ../shared/data/hdb"
         )
     return path
+
+
+def made_up_locations(transactions):
+    """Made-up coordinates for every other address of ``transactions``, and three stations:
+    the tests' stand-in for the real geocode and station tables."""
+    import numpy as np
+    import pandas as pd
+
+    addresses = transactions[["block", "street_name"]].drop_duplicates().reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    geocodes = addresses.iloc[::2].assign(
+        latitude=lambda d: 1.30 + 0.12 * rng.random(len(d)),
+        longitude=lambda d: 103.70 + 0.25 * rng.random(len(d)),
+    )
+    stations = pd.DataFrame(
+        {
+            "name": ["A", "B", "C"],
+            "latitude": [1.30, 1.35, 1.42],
+            "longitude": [103.8, 103.85, 103.9],
+        }
+    )
+    return geocodes, stations

@@ -61,7 +61,9 @@ def test_figures_table_prints_counts_as_counts():
 
 def _predictions(ape: np.ndarray) -> pd.DataFrame:
     actual = np.full(len(ape), 500_000.0)
-    return pd.DataFrame({"resale_price": actual, "prediction": actual * (1 + ape / 100), "ape": ape})
+    return pd.DataFrame(
+        {"resale_price": actual, "prediction": actual * (1 + ape / 100), "ape": ape}
+    )
 
 
 def test_mape_interval_holds_the_mape_and_narrows_with_more_sales():

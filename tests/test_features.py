@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import made_up_locations
 
 from hdb_mlops.data import examples
 from hdb_mlops.data.location import add_location_features, make_geocode_table
@@ -54,19 +55,7 @@ def tx(tmp_path_factory) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def locations(tx) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Made-up coordinates for every other sample address, and three stations."""
-    addresses = tx[["block", "street_name"]].drop_duplicates().reset_index(drop=True)
-    rng = np.random.default_rng(0)
-    geocodes = addresses.iloc[::2].assign(
-        latitude=lambda d: 1.30 + 0.12 * rng.random(len(d)),
-        longitude=lambda d: 103.70 + 0.25 * rng.random(len(d)),
-    )
-    stations = pd.DataFrame(
-        {
-            "name": ["A", "B", "C"],
-            "latitude": [1.30, 1.35, 1.42],
-            "longitude": [103.8, 103.85, 103.9],
-        }
-    )
+    geocodes, stations = made_up_locations(tx)
     return make_geocode_table(geocodes), stations
 
 

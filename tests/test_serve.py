@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import made_up_locations
 
 from hdb_mlops.data import examples, storage
 from hdb_mlops.data.normalise import format_remaining_lease
@@ -100,19 +101,7 @@ def linear_bundle(tx, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def location_bundle(tx, tmp_path_factory) -> Path:
     """XGBoost with location features; half the sample's addresses have (made-up) geocodes."""
-    addresses = tx[["block", "street_name"]].drop_duplicates().reset_index(drop=True)
-    rng = np.random.default_rng(0)
-    geocodes = addresses.iloc[::2].assign(
-        latitude=lambda d: 1.30 + 0.12 * rng.random(len(d)),
-        longitude=lambda d: 103.70 + 0.25 * rng.random(len(d)),
-    )
-    stations = pd.DataFrame(
-        {
-            "name": ["A", "B", "C"],
-            "latitude": [1.30, 1.35, 1.42],
-            "longitude": [103.8, 103.85, 103.9],
-        }
-    )
+    geocodes, stations = made_up_locations(tx)
     model = xgboost_model(location=True, locations=(geocodes, stations))
     return fit_and_save(model, tx, tmp_path_factory.mktemp("loc") / "bundle")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("otter", reason="otter-grader is not installed (pip install -e '.[lab]')")
 
 from hdb_mlops import cli
 from hdb_mlops.course import grading, workbook
@@ -418,12 +417,15 @@ def test_the_chapter_workbooks_build_and_run_end_to_end(tmp_path):
     out = tmp_path / "workbooks"  # one level below tmp_path, like notebooks/ in the checkout
     (tmp_path / "executed").mkdir()
     failures = []
+    passed_blank = []
     for master in masters:
         try:
-            [record] = build([master], out)
+            # run_tests: otter grades the master's solutions and refuses anything below 100%
+            [record] = build([master], out, run_tests=True, timeout=900)
+            executed = tmp_path / "executed" / record.student.name
             papermill.execute_notebook(
                 str(record.student),
-                str(tmp_path / "executed" / record.student.name),
+                str(executed),
                 cwd=str(out),
                 kernel_name="python3",
                 progress_bar=False,
@@ -431,4 +433,12 @@ def test_the_chapter_workbooks_build_and_run_end_to_end(tmp_path):
             )
         except Exception as exc:
             failures.append(f"{master.name}: {type(exc).__name__}: {str(exc).strip()[-500:]}")
+            continue
+        # a blank workbook passes none of its checks: each grader.check shows a hint
+        for cell in json.loads(executed.read_text())["cells"]:
+            if cell["cell_type"] == "code" and "grader.check(" in "".join(cell["source"]):
+                text = json.dumps(cell.get("outputs", []))
+                if "All test cases passed" in text or "Hint" not in text:
+                    passed_blank.append(f"{master.name}: {''.join(cell['source'])}")
     assert failures == []
+    assert passed_blank == [], "blank answers must fail their checks, with a hint"
