@@ -47,3 +47,29 @@ def made_up_locations(transactions):
         }
     )
     return geocodes, stations
+
+
+def request_rows(transactions, n: int, seed: int = 3, *, odd: bool = False) -> list[dict]:
+    """``n`` request bodies from ``transactions``, in the files' own spellings (title-case flat
+    models); remaining lease as the files write it, as months, or left out. ``odd`` also
+    leaves out the address of every 17th row and writes every 19th in lower case."""
+    from hdb_mlops.data import examples
+    from hdb_mlops.data.normalise import format_remaining_lease
+
+    sample = transactions.sample(n, random_state=seed)
+    lease_text = format_remaining_lease(sample["remaining_lease_months"])
+    rows = []
+    for i, (row, lease) in enumerate(
+        zip(examples.request_records(sample), lease_text, strict=True)
+    ):
+        if i % 3 == 0:
+            row["remaining_lease"] = lease
+        elif i % 3 == 2:
+            del row["remaining_lease"]
+        if odd and i % 17 == 0:
+            row = {k: v for k, v in row.items() if k not in ("block", "street_name")}
+        if odd and i % 19 == 0:
+            row["flat_model"] = row["flat_model"].lower()
+            row["storey_range"] = row["storey_range"].lower()
+        rows.append(row)
+    return rows

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import made_up_locations
+from conftest import made_up_locations, request_rows
 
-from hdb_mlops.data import examples
 from hdb_mlops.data.location import add_location_features, make_geocode_table
 from hdb_mlops.data.normalise import (
     derive_remaining_lease,
@@ -209,29 +208,6 @@ def test_location_values_of_odd_and_missing_addresses(tx, locations):
 # ------------------------------------------------------------------------- service side
 
 
-def request_rows(tx: pd.DataFrame, n: int, seed: int) -> list[dict]:
-    """Request bodies from the sample (the files' spellings); remaining lease as the files
-    write it, as months, or left out; a few in odd case or without an address."""
-    sample = tx.sample(n, random_state=seed)
-    lease_text = format_remaining_lease(sample["remaining_lease_months"])
-    rows = []
-    for i, (row, lease) in enumerate(
-        zip(examples.request_records(sample), lease_text, strict=True)
-    ):
-        if i % 3 == 0:
-            row["remaining_lease"] = lease
-        elif i % 3 == 2:
-            del row["remaining_lease"]
-        if i % 17 == 0:
-            row = {k: v for k, v in row.items() if k not in ("block", "street_name")}
-        if i % 19 == 0:
-            row["flat_model"] = row["flat_model"].lower()
-            row["storey_range"] = row["storey_range"].lower()
-        rows.append(row)
-    rows[1]["flat_type"] = "multi generation"  # the 1990s spelling, normalised by both
-    return rows
-
-
 def loader_record(row: dict) -> dict:
     """A request body as the files' text record (the generic path's input)."""
     lease = row.get("remaining_lease", "")
@@ -279,7 +255,7 @@ def test_the_fast_engine_input_is_build_features_of_the_generic_path(engine_case
     bundle, engine = engine_case
     spec = bundle.model.spec
     Record = build_schemas(spec).record
-    rows = request_rows(tx, 300, seed=11)
+    rows = request_rows(tx, 300, seed=11, odd=True)
     records = [Record.model_validate(r) for r in rows]
     generic = transactions_from_records([loader_record(r) for r in rows])
     expected = feature_matrix(build_features(generic, spec, bundle.model.locations))
@@ -300,7 +276,7 @@ def test_the_fast_engine_input_is_build_features_of_the_generic_path(engine_case
 
 def test_records_frame_and_numeric_rows_are_the_loader_columns(tx):
     Record = build_schemas(FeatureSpec()).record
-    rows = request_rows(tx, 200, seed=5)
+    rows = request_rows(tx, 200, seed=5, odd=True)
     records = [Record.model_validate(r) for r in rows]
     generic = transactions_from_records([loader_record(r) for r in rows])
     frame = records_frame(records)

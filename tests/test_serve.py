@@ -20,9 +20,9 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import made_up_locations
+from conftest import made_up_locations, request_rows
 
-from hdb_mlops.data import examples, storage
+from hdb_mlops.data import storage
 from hdb_mlops.data.normalise import format_remaining_lease
 from hdb_mlops.data.schema import OFFICIAL_2017_COLUMNS
 from hdb_mlops.model import train
@@ -138,23 +138,6 @@ def loader_record(r: dict) -> dict:
     if isinstance(lease, int):
         lease = format_remaining_lease(pd.Series([lease])).iloc[0]
     return {**{k: str(v) for k, v in r.items()}, "remaining_lease": lease, "resale_price": ""}
-
-
-def request_rows(tx: pd.DataFrame, n: int, seed: int = 3) -> list[dict]:
-    """``n`` request rows from the sample, in the files' own spellings (title-case flat
-    models); remaining lease as the files write it, as months, or left out."""
-    sample = tx.sample(n, random_state=seed)
-    lease_text = format_remaining_lease(sample["remaining_lease_months"])
-    rows = []
-    for i, (row, lease) in enumerate(
-        zip(examples.request_records(sample), lease_text, strict=True)
-    ):
-        if i % 3 == 0:
-            row["remaining_lease"] = lease
-        elif i % 3 == 2:
-            del row["remaining_lease"]
-        rows.append(row)
-    return rows
 
 
 def generic_path(bundle_dir: Path, rows: list[dict]) -> pd.DataFrame:

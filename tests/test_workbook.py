@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-
 from hdb_mlops import cli
 from hdb_mlops.course import grading, workbook
 from hdb_mlops.course.workbook import Question, WorkbookError, build, check, totals
