@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import made_up_locations, request_rows
+from helpers import made_up_locations, request_rows
 
 from hdb_mlops.data.location import add_location_features, make_geocode_table
 from hdb_mlops.data.normalise import (

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import made_up_locations, request_rows
+from helpers import made_up_locations, request_rows
 
 from hdb_mlops.data import storage
 from hdb_mlops.data.normalise import format_remaining_lease
