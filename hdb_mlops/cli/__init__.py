@@ -21,7 +21,18 @@ import sys
 import traceback
 import warnings
 
-from hdb_mlops.cli import assess, cloud, data, model, monitor, pipeline, serve, workbook
+from hdb_mlops.cli import (
+    assess,
+    cloud,
+    data,
+    loop,
+    model,
+    monitor,
+    pipeline,
+    release,
+    serve,
+    workbook,
+)
 from hdb_mlops.cli.args import EXIT_RUN_FAILED, EXIT_USAGE, Parser, UsageError, one_line
 
 __all__ = ["EXIT_RUN_FAILED", "EXIT_USAGE", "build_parser", "describe_error", "main"]
@@ -51,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log progress; tracebacks on errors"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (data, model, serve, pipeline, workbook, monitor, cloud, assess):
+    groups = (data, model, serve, pipeline, workbook, monitor, loop, cloud, release, assess)
+    for group in groups:
         group.add_parsers(sub)
     return parser
 
