@@ -9,13 +9,14 @@ ARGS ?=
 
 WHEELHOUSE ?= wheelhouse
 
-.PHONY: setup pipeline test test-fast lab notebooks workbooks lock sample lint clean help wheelhouse setup-offline
+.PHONY: setup pipeline test test-fast lab notebooks workbooks monitor lock sample lint clean help wheelhouse setup-offline
 help:
 	@echo "make pipeline   run every chapter notebook in order (papermill) into runs/<run-id>/"
 	@echo "make test       unit + integration tests, nbval on the notebooks, a quick pipeline run"
 	@echo "make lab        open JupyterLab on notebooks/"
 	@echo "make notebooks  re-execute the committed notebooks in place (refresh their outputs)"
 	@echo "make workbooks  write workbooks/<chapter>.ipynb (exercises without solutions) and the autograders, masters checked"
+	@echo "make monitor    start Prometheus and Alertmanager on 127.0.0.1 for chapter 6 (ARGS='--speed 30')"
 	@echo "make lock       re-resolve requirements.lock from pyproject.toml"
 	@echo "make sample     regenerate data/sample/ from the committed calibration"
 	@echo "make clean      remove runs/ and the data caches (keeps .venv)"
@@ -48,6 +49,9 @@ lab: setup
 
 notebooks: setup
 	$(BIN)/hdb-mlops notebooks refresh
+
+monitor: setup
+	$(BIN)/hdb-mlops monitor up $(ARGS)
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 -o requirements.lock
