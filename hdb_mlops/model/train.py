@@ -28,6 +28,10 @@ DEFAULT_GATE_MONTHS = 3
 #: Single-row latency a model must keep to pass the gate's sanity check. Generous: it catches
 #: a model that is broken or far too big, not a slow laptop.
 DEFAULT_LATENCY_BUDGET_MS = 250.0
+#: Months at the end of the training window that the drift reference profile describes: the
+#: market the model will meet next. Over the whole window, features that age with the calendar
+#: (flat age, remaining lease) would drift on the first day of serving, whatever the data.
+REFERENCE_MONTHS = 12
 
 
 @dataclass
@@ -42,6 +46,12 @@ class TrainResult:
     version: int | None = None
     decision: Any = None  # registry.GateDecision
     tuning: Any = None  # tune.TuningResult
+
+
+def reference_months(months: pd.Series, n: int = REFERENCE_MONTHS) -> pd.Series:
+    """Which rows fall in the last ``n`` months of ``months`` (the drift reference's window)."""
+    periods = pd.PeriodIndex(months.astype("str"), freq="M")
+    return pd.Series(periods > periods.max() - n, index=months.index)
 
 
 def default_cutoff(transactions: pd.DataFrame, gate_months: int = DEFAULT_GATE_MONTHS) -> str:
@@ -93,7 +103,8 @@ def publish(
         raise ValueError("publish needs a holdout evaluation (it carries the fitted model)")
     model, train_rows, preds = evaluation.fitted, evaluation.train, evaluation.predictions
     cutoff = str(train_rows["month"].max())
-    sample = train_rows.sample(n=min(len(train_rows), 20_000), random_state=seed)
+    recent = train_rows[reference_months(train_rows["month"])]
+    sample = recent.sample(n=min(len(recent), 20_000), random_state=seed)
     profile = reference_profile(model.features(sample), model.predict(sample))
     git = config.git_commit()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
