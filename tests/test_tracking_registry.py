@@ -418,3 +418,18 @@ def test_runs_and_versions_from_before_the_mlflow_models(store, data, tmp_path):
     info = registry.show(old.version, name=name)
     assert info["bundle_uri"] == source and info["metadata"]["model_name"] == "median_ppsm"
     assert registry.load(old.version, name=name).sha256 == sha
+
+
+def test_drift_reference_describes_the_last_twelve_training_months(data, tmp_path):
+    """The reference profile is the market the model meets next: its last 12 training months,
+    so that features which age with the calendar do not drift on the first day of serving."""
+    from hdb_mlops.model.train import REFERENCE_MONTHS, publish, reference_months
+
+    evaluation = holdout(data["fit"], lambda: make_model("median_ppsm"), cutoff=CUTOFF)
+    result = publish(evaluation, data["fit"], tmp_path, track=False, register=False)
+    profile = load_bundle(result.bundle_dir).profile
+    months = evaluation.train["month"]
+    recent = months[reference_months(months)]
+    assert REFERENCE_MONTHS == 12
+    assert str(recent.min()) == "2024-01" and str(recent.max()) == CUTOFF
+    assert profile["n_rows"] == len(recent) < len(months)
