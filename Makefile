@@ -66,7 +66,7 @@ lint: setup
 	$(BIN)/ruff check hdb_mlops tests benchmarks notebooks
 
 clean:
-	rm -rf runs data/raw data/interim data/processed .pytest_cache
+	rm -rf runs data/raw data/interim data/processed .pytest_cache .venv-checkov
 
 wheelhouse:
 	PYTHON=$(PYTHON) scripts/wheelhouse.sh build $(WHEELHOUSE)
