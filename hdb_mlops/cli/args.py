@@ -231,7 +231,7 @@ def http_url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an http(s) URL (e.g. http://127.0.0.1:8000)"
+            f"{text!r} is not an http(s) URL (e.g. http://127.0.0.1:8080)"
         )
     return text
 
