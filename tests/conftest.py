@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,12 @@ import pytest
 os.environ.setdefault("AWS_DEFAULT_REGION", "ap-southeast-1")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+# A service started by a test without --prediction-log logs its predictions here, not into the
+# checkout's runs/monitor/.
+os.environ.setdefault(
+    "HDB_MLOPS_PREDICTION_LOG",
+    str(Path(tempfile.mkdtemp(prefix="hdb-predlog-")) / "predictions.sqlite"),
+)
 
 
 @pytest.fixture(scope="session")

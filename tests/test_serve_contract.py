@@ -245,7 +245,11 @@ def test_openapi_documents_every_route_and_error(three_town_bundle):
         "/metrics",
         "/ping",
         "/invocations",
+        "/admin/reload",
     }
+    reload_answers = paths["/admin/reload"]["post"]["responses"]
+    for code in ("200", "401", "403", "409"):
+        assert code in reload_answers, code
     for route in ("/predict", "/predict/batch", "/invocations"):
         responses = paths[route]["post"]["responses"]
         for code in ("200", "400", "413", "415", "422", "503"):

@@ -90,7 +90,12 @@ def service(xgb_bundle, tmp_path_factory):  # noqa: F811 - the imported fixture
     port = free_port()
     log_file = tmp_path_factory.mktemp("hostile") / "service.log"
     command = [sys.executable, "-m", "hdb_mlops.cli", "serve", "--port", str(port)]
-    env = {**os.environ, "HDB_MLOPS_BODY_TIMEOUT": str(BODY_TIMEOUT)}
+    env = {
+        **os.environ,
+        "HDB_MLOPS_BODY_TIMEOUT": str(BODY_TIMEOUT),
+        # monitored, as `hdb-mlops serve` runs by default: the prediction log off the checkout
+        "HDB_MLOPS_PREDICTION_LOG": str(log_file.with_name("predictions.sqlite")),
+    }
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(
             [*command, "--model", str(xgb_bundle)], stdout=log, stderr=log, env=env

@@ -1,4 +1,5 @@
-"""``hdb-mlops serve``: the prediction service over HTTP (FastAPI + uvicorn)."""
+"""``hdb-mlops serve``: the prediction service over HTTP (FastAPI + uvicorn), with chapter 6's
+monitoring (drift gauges, the prediction log and ``POST /feedback``) unless ``--no-monitoring``."""
 
 from __future__ import annotations
 
@@ -91,10 +92,68 @@ def _has_registry_cause(exc: BaseException) -> bool:
     return False
 
 
+def check_prediction_log(path: Path | None) -> None:
+    """A usage error when the prediction log's folder cannot be made or written to."""
+    if path is None:
+        return
+    where = "argument --prediction-log"
+    if path.is_dir():
+        raise UsageError(f"{where}: {path} is a folder: give a file path such as {path}/log.sqlite")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"{where}: cannot create {path.parent} ({exc.strerror or exc}): pass "
+            "--prediction-log PATH somewhere writable, or --no-prediction-log"
+        ) from None
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(
+            f"{where}: {path.parent} is not writable: pass --prediction-log PATH somewhere "
+            "writable, or --no-prediction-log"
+        )
+
+
+def monitoring_options(args: argparse.Namespace) -> dict:
+    """The :func:`~hdb_mlops.serving.server.serve` options of the monitored service."""
+    if args.no_monitoring:
+        if args.prediction_log is not None or args.drift_window is not None:
+            raise UsageError(
+                "--prediction-log and --drift-window are monitoring options: drop "
+                "--no-monitoring to use them"
+            )
+        return {}
+    from hdb_mlops.monitoring.predlog import PREDICTION_LOG_ENV
+    from hdb_mlops.monitoring.service import (
+        DRIFT_WINDOW_ENV,
+        create_monitored_app,
+        drift_window_from_env,
+        prediction_log_path,
+    )
+
+    if args.no_prediction_log and args.prediction_log is not None:
+        raise UsageError("--prediction-log and --no-prediction-log contradict: give one")
+    path = None if args.no_prediction_log else prediction_log_path(args.prediction_log)
+    check_prediction_log(path)
+    window = args.drift_window or drift_window_from_env()
+    return {
+        "app_factory": create_monitored_app,
+        "app_options": {
+            "prediction_log": path if path is not None else False,
+            "drift_window": window,
+        },
+        "factory": "hdb_mlops.monitoring.service:app_from_env",
+        "worker_env": {
+            PREDICTION_LOG_ENV: str(path) if path is not None else "off",
+            DRIFT_WINDOW_ENV: str(window),
+        },
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the model until SIGINT/SIGTERM."""
     model_ref = check_model_ref(args.model)
     check_port_free(args.host, args.port)
+    options = monitoring_options(args)
     quiet_mlflow(args)
     from hdb_mlops.serving.loading import ModelLoadError
     from hdb_mlops.serving.server import serve
@@ -108,6 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             max_batch=args.max_batch,
             body_timeout=args.body_timeout,
+            **options,
         )
     except ModelLoadError as exc:
         if _has_registry_cause(exc):
@@ -137,6 +197,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="answer 408 when a request body has not arrived by then "
         "(default: $HDB_MLOPS_BODY_TIMEOUT or 10)",
+    )
+    p.add_argument(
+        "--no-monitoring",
+        action="store_true",
+        help="serve without drift gauges, prediction log and /feedback (chapter 3's service)",
+    )
+    p.add_argument(
+        "--prediction-log",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the prediction log's sqlite file (default: $HDB_MLOPS_PREDICTION_LOG or "
+        "runs/monitor/predictions.sqlite)",
+    )
+    p.add_argument(
+        "--no-prediction-log",
+        action="store_true",
+        help="monitor drift but keep no prediction log (no /feedback)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="rows in the drift window (default: $HDB_MLOPS_DRIFT_WINDOW or 1000)",
     )
     # SageMaker starts an inference image as `docker run IMAGE serve`: accept that word.
     p.add_argument("sagemaker_command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)

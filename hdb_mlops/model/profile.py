@@ -2,15 +2,21 @@
 
 :func:`reference_profile` summarises a feature frame (and optionally the model's predictions
 on it) into a small JSON-ready dict: per numeric column the count, missing share, mean, std,
-quantiles and 10 quantile bins with the share of rows in each; per categorical column the
-share of each category. A drift monitor later bins live data with the same edges
-(:func:`bin_shares`) and compares shares, e.g. with the population stability index.
+quantiles, 10 quantile bins with the share of rows in each and a reference sample; per
+categorical column the share of each category. A drift monitor later bins live data with the
+same edges (:func:`bin_shares`) and compares shares, e.g. with the population stability
+index, and compares live values with the reference sample (a two-sample KS test).
 
 Bins are defined by their edges ``e_0 < e_1 < ... < e_k`` (quantiles of the training data,
 duplicates removed, so a discrete column may have fewer than 10 bins). The outer bins are
 open-ended: bin 0 holds every value ``<= e_1`` and bin ``k-1`` every value ``> e_{k-1}``, so
 values outside the training range still land in a bin. Missing values are counted separately
 (``missing_share``) and never enter a bin.
+
+The reference sample (``sample``, profile version 2) is the column's values at
+:data:`SAMPLE_SIZE` evenly spaced quantiles, ``(i + 0.5) / SAMPLE_SIZE``, taken as observed
+values (``inverted_cdf``: integers stay integers): deterministic, a few KB, and distributed
+like the column. Version 1 profiles have no sample; readers must treat it as optional.
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 #: Quantiles reported per numeric column.
 QUANTILES: tuple[float, ...] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: Number of quantile bins per numeric column (before duplicate edges are merged).
 N_BINS = 10
 #: Categories kept per categorical column (the rest are summed into ``other_share``).
 MAX_CATEGORIES = 100
+#: Values in the reference sample of a numeric column (and of the predictions).
+SAMPLE_SIZE = 500
 
 
 def _num(value: float) -> float | None:
@@ -51,9 +59,29 @@ def bin_shares(values: np.ndarray | pd.Series, edges: list[float] | np.ndarray) 
     return counts / v.size
 
 
-def numeric_profile(values: np.ndarray | pd.Series, n_bins: int = N_BINS) -> dict[str, Any]:
-    """Profile of one numeric column: count, missing share, mean, std, min, max, quantiles
-    and quantile bins (``bins.edges``, ``bins.shares``)."""
+def _sample_value(value: float) -> float | int:
+    """A reference sample value for JSON: an integer when it is one, else 6 significant digits."""
+    if value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return float(f"{value:.6g}")
+
+
+def reference_sample(values: np.ndarray, size: int = SAMPLE_SIZE) -> list[float | int]:
+    """The finite ``values`` at ``size`` evenly spaced quantiles ``(i + 0.5) / size``, as
+    observed values (see the module docstring); empty when there are none."""
+    v = np.asarray(values, dtype="float64")
+    v = v[np.isfinite(v)]
+    if v.size == 0 or size < 1:
+        return []
+    probs = (np.arange(size) + 0.5) / size
+    return [_sample_value(float(x)) for x in np.quantile(v, probs, method="inverted_cdf")]
+
+
+def numeric_profile(
+    values: np.ndarray | pd.Series, n_bins: int = N_BINS, sample_size: int = SAMPLE_SIZE
+) -> dict[str, Any]:
+    """Profile of one numeric column: count, missing share, mean, std, min, max, quantiles,
+    quantile bins (``bins.edges``, ``bins.shares``) and the reference ``sample``."""
     v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype="float64")
     n = int(v.size)
     finite = v[np.isfinite(v)]
@@ -62,7 +90,7 @@ def numeric_profile(values: np.ndarray | pd.Series, n_bins: int = N_BINS) -> dic
         "missing_share": _num(1 - finite.size / n) if n else None,
     }
     if finite.size == 0:
-        out.update(mean=None, std=None, min=None, max=None, quantiles={}, bins=None)
+        out.update(mean=None, std=None, min=None, max=None, quantiles={}, bins=None, sample=[])
         return out
     qs = np.quantile(finite, QUANTILES)
     edges = np.unique(np.quantile(finite, np.linspace(0, 1, n_bins + 1)))
@@ -78,6 +106,7 @@ def numeric_profile(values: np.ndarray | pd.Series, n_bins: int = N_BINS) -> dic
             "edges": [float(e) for e in edges],
             "shares": [_num(s) for s in bin_shares(finite, edges)],
         },
+        sample=reference_sample(finite, sample_size),
     )
     return out
 

@@ -7,6 +7,7 @@ time, and the request models are local to :func:`create_app`.
 import logging
 import os
 import time
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,8 +31,10 @@ from hdb_mlops.serving.errors import (
 )
 from hdb_mlops.serving.jsonbody import StrictJSONRoute, loads
 from hdb_mlops.serving.loading import MODEL_ENV, ModelLoadError, resolve_model_ref
-from hdb_mlops.serving.metrics import ServiceMetrics
+from hdb_mlops.serving.metrics import ServiceMetrics, version_label
 from hdb_mlops.serving.middleware import DEFAULT_BODY_TIMEOUT_S, RequestContextMiddleware
+from hdb_mlops.serving.observers import Observers, PredictionObserver
+from hdb_mlops.serving.reload import activate, install_reload, load_served
 from hdb_mlops.serving.request_schema import (
     BatchPredictions,
     ErrorResponse,
@@ -82,6 +85,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     nthread: int = 1,
     body_timeout: float | None = DEFAULT_BODY_TIMEOUT_S,
+    observers: Iterable[PredictionObserver] = (),
+    reload_token: str | None = None,
 ) -> FastAPI:
     """The prediction service as a FastAPI app (see the module docstring).
 
@@ -93,13 +98,17 @@ def create_app(
     generic :func:`~hdb_mlops.model.features.transactions_from_records` path. ``nthread`` is
     XGBoost's thread count per prediction. ``max_body_bytes`` bounds a request body and
     ``body_timeout`` the seconds it may take to arrive (413 and 408 beyond; None: no
-    bound).
+    bound). ``observers`` see every prediction (:mod:`hdb_mlops.serving.observers`; more can
+    be added to ``app.state.observers`` before start-up). ``POST /admin/reload`` serves what
+    ``model_ref`` names now (:mod:`hdb_mlops.serving.reload`), guarded by ``reload_token``
+    (None: ``$HDB_MLOPS_RELOAD_TOKEN``).
     """
     if not 0 < interval_level < 1:
         raise ValueError(f"interval_level must be between 0 and 1, not {interval_level}")
     source = resolve_model_ref(model_ref, registry_name=registry_name)
     schemas = build_schemas(source.spec, max_batch=max_batch, max_month=max_month)
     metrics = ServiceMetrics()
+    watchers = Observers(observers)
     Record = schemas.record
     Batch = schemas.batch
     invocation_adapters = {
@@ -115,9 +124,7 @@ def create_app(
         started = time.perf_counter()
         log.info("loading model", extra={"source": source.describe()})
         try:
-            served = ServedModel.load(
-                source, schemas, level=interval_level, fast_path=fast_path, nthread=nthread
-            )
+            served = load_served(app, source)
         except ModelLoadError as exc:
             log.error("model load failed: %s", exc, extra={"source": source.describe()})
             app.state.startup_error = exc
@@ -126,11 +133,7 @@ def create_app(
             log.error("model load failed: %s", exc, extra={"source": source.describe()})
             app.state.startup_error = ModelLoadError(f"cannot load {source.describe()}: {exc}")
             raise app.state.startup_error from exc
-        app.state.model = served
-        metrics.model_info.labels(
-            served.info["name"], served.info["version"] or "none", served.info["sha256"]
-        ).set(1)
-        metrics.model_loaded.set(1)
+        activate(app, served)
         log.info(
             "model loaded",
             extra={
@@ -142,8 +145,9 @@ def create_app(
         try:
             yield
         finally:
-            metrics.model_loaded.set(0)
+            metrics.set_model(None)
             app.state.model = None
+            watchers.close()
             log.info("model unloaded")
 
     app = FastAPI(
@@ -157,8 +161,18 @@ def create_app(
     app.state.model = None
     app.state.startup_error = None
     app.state.source = source
+    app.state.model_ref = model_ref
+    app.state.registry_name = registry_name
     app.state.schemas = schemas
+    app.state.schemas_spec = source.spec
+    app.state.load_options = {"level": interval_level, "fast_path": fast_path, "nthread": nthread}
     app.state.metrics = metrics
+    app.state.observers = watchers
+
+    def observed(endpoint: str, rows: Any, out: list[dict[str, Any]], model: ServedModel) -> None:
+        metrics.observe_predictions(endpoint, out, version_label(model.info))
+        if watchers:
+            watchers.observe(endpoint, rows, out, model)
 
     # ---- routes
 
@@ -174,8 +188,9 @@ def create_app(
         conflicts = lease_details([record])
         if conflicts:
             return error_response(422, "invalid_request", conflicts, request)
-        out = model.predict([record])
-        metrics.observe_predictions("/predict", out)
+        rows = [record]
+        out = model.predict(rows)
+        observed("/predict", rows, out, model)
         return out[0]
 
     @app.post(
@@ -191,7 +206,7 @@ def create_app(
         if conflicts:
             return error_response(422, "invalid_request", conflicts, request)
         out = model.predict(batch.records)
-        metrics.observe_predictions("/predict/batch", out)
+        observed("/predict/batch", batch.records, out, model)
         return {"count": len(out), "predictions": out}
 
     @app.get("/health", summary="Liveness", tags=["ops"])
@@ -220,8 +235,10 @@ def create_app(
         "/metrics", summary="Prometheus metrics", tags=["ops"], response_class=PlainTextResponse
     )
     async def prometheus_metrics() -> Response:
-        """Prometheus text exposition of this app's registry."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus text exposition of this app's registry (built in the thread pool: a
+        collector such as the drift monitor's computes when scraped)."""
+        text = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/ping", summary="SageMaker health check", tags=["sagemaker"], responses=ERROR_RESPONSES
@@ -318,7 +335,7 @@ def create_app(
             out = model.predict(rows)
         else:
             out = await run_in_threadpool(model.predict, rows)
-        metrics.observe_predictions("/invocations", out)
+        observed("/invocations", rows, out, model)
         if accept_csv:
             text = "".join(
                 f"{p['price']!r},{p['interval']['lower']!r},{p['interval']['upper']!r}\n"
@@ -328,6 +345,7 @@ def create_app(
         result: Any = out[0] if shape == "single" else {"count": len(out), "predictions": out}
         return Response(to_json(result), media_type="application/json")
 
+    install_reload(app, reload_token)
     install_error_handlers(app, schemas.max_batch)
     install_openapi(app, schemas)
     app.add_middleware(

@@ -21,6 +21,9 @@ from hdb_mlops.serving.request_schema import REQUEST_COLUMNS, ErrorResponse
 
 log = logging.getLogger(__name__)
 
+#: Where :func:`error_response` leaves the error code in ``scope["state"]``.
+ERROR_CODE_KEY = "error_code"
+
 
 def _error_body(
     error: str, detail: list[dict[str, str]], request: Request | None = None
@@ -50,7 +53,10 @@ def error_response(
     request: Request | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """A JSON error response in the service's error shape."""
+    """A JSON error response in the service's error shape. With ``request``, the error code
+    is also left in the request's scope for the middleware's ``hdb_rejected_requests_total``."""
+    if request is not None:
+        request.scope.setdefault("state", {})[ERROR_CODE_KEY] = error
     return Response(
         content=error_json(_error_body(error, detail, request)),
         status_code=status,
@@ -176,6 +182,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 ERROR_NAMES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",

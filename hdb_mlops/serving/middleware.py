@@ -1,5 +1,5 @@
-"""ASGI middleware: request ids, the body size limit and read timeout, metrics and one log
-line per request."""
+"""ASGI middleware: request ids, the body size limit and read timeout, metrics (every 4xx
+counted by its error code) and one log line per request."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from hdb_mlops.serving.errors import BodyTimeout, BodyTooLarge
+from hdb_mlops.serving.errors import ERROR_CODE_KEY, ERROR_NAMES, BodyTimeout, BodyTooLarge
 from hdb_mlops.serving.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class RequestContextMiddleware:
             elif key == b"content-length":
                 content_length = value
         rid = rid or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
         status = 500
         started = False
@@ -105,31 +106,39 @@ class RequestContextMiddleware:
             return message
 
         too_large = {"field": "body", "reason": str(BodyTooLarge(limit).detail)}
+
+        async def answer_error(code: int, error: str, detail: list, close: bool = False) -> None:
+            state[ERROR_CODE_KEY] = error
+            await self._send_error(send_with_id, code, error, detail, rid, close=close)
+
         try:
             if content_length is not None and int(content_length) > limit:
-                await self._send_error(send_with_id, 413, "payload_too_large", [too_large], rid)
+                await answer_error(413, "payload_too_large", [too_large])
             else:
                 await self.app(scope, receive_limited, send_with_id)
         except BodyTooLarge:
             if not started:
-                await self._send_error(send_with_id, 413, "payload_too_large", [too_large], rid)
+                await answer_error(413, "payload_too_large", [too_large])
         except BodyTimeout as exc:
             if not started:
                 detail = [{"field": "body", "reason": str(exc.detail)}]
-                await self._send_error(
-                    send_with_id, 408, "request_timeout", detail, rid, close=True
-                )
+                await answer_error(408, "request_timeout", detail, close=True)
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid, "path": scope.get("path")})
             if not started:
                 detail = [{"field": "", "reason": "internal error; see the logs for request_id"}]
-                await self._send_error(send_with_id, 500, "internal_error", detail, rid)
+                await answer_error(500, "internal_error", detail)
         finally:
             elapsed = time.perf_counter() - start
             endpoint = self._endpoint(scope)
             method = scope.get("method", "")
             method = method if method in _HTTP_METHODS else "OTHER"  # bounded label values
             self.metrics.observe_request(method, endpoint, str(status), elapsed)
+            if 400 <= status < 500:
+                # the code error_response() left (a 413 is batch_too_large or
+                # payload_too_large), else the status' name as the JSON body spells it
+                code = state.get(ERROR_CODE_KEY) or ERROR_NAMES.get(status, f"http_{status}")
+                self.metrics.observe_rejection(code)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "request",

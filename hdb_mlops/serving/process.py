@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +59,10 @@ def start_server(
     log_path: Path | str | None = None,
     startup_timeout: float = 120.0,
     env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> ServerProcess:
     """Start ``hdb-mlops serve`` for ``model_ref`` and return once ``/ready`` answers 200.
+    ``args`` are more ``serve`` options (``--no-monitoring``, ``--prediction-log PATH``).
 
     Raises RuntimeError with the server's log when it exits or is not ready in time.
     """
@@ -72,7 +74,7 @@ def start_server(
         log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "hdb_mlops.cli", "serve", "--host", host, "--port", str(port),
-        "--workers", str(workers), "--model", str(model_ref), "--log-level", "warning",
+        "--workers", str(workers), "--model", str(model_ref), "--log-level", "warning", *args,
     ]  # fmt: skip
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(

@@ -9,7 +9,7 @@ import logging
 import logging.config
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 
 GRACEFUL_SHUTDOWN_S = 20
+#: The app factory workers call when there are several (the bare service).
+DEFAULT_FACTORY = "hdb_mlops.serving.app:app_from_env"
 WORKER_HEALTHCHECK_S = 120
 
 
@@ -80,6 +82,10 @@ def serve(
     max_batch: int = DEFAULT_MAX_BATCH,
     graceful_timeout: int = GRACEFUL_SHUTDOWN_S,
     body_timeout: float | None = None,
+    app_factory: Callable[..., FastAPI] = create_app,
+    app_options: Mapping[str, Any] | None = None,
+    factory: str = DEFAULT_FACTORY,
+    worker_env: Mapping[str, str] | None = None,
 ) -> None:
     """Run the service with uvicorn until SIGINT/SIGTERM (what ``hdb-mlops serve`` calls).
 
@@ -92,6 +98,12 @@ def serve(
     A request body must arrive within ``body_timeout`` seconds (default
     ``$HDB_MLOPS_BODY_TIMEOUT``, else 10 s), else 408 and the connection is closed: uvicorn
     has no such bound (``timeout_keep_alive`` only covers idle connections between requests).
+
+    ``app_factory`` builds the one worker's app (default :func:`create_app`; ``hdb-mlops
+    serve`` passes :func:`hdb_mlops.monitoring.service.create_monitored_app`) with
+    ``app_options`` on top of the serving options; with several workers ``factory`` is the
+    ``module:function`` each worker calls, and ``worker_env`` is set in the environment
+    they inherit (how the options reach them).
     """
     import uvicorn
 
@@ -110,11 +122,12 @@ def serve(
     }
     if workers == 1:
         logging.config.dictConfig(options["log_config"])
-        app = create_app(
+        app = app_factory(
             model_ref,
             max_batch=max_batch,
             fast_path=fast_path_from_env(),
             body_timeout=body_timeout,
+            **(app_options or {}),
         )
         uvicorn.run(app, **options)
         return
@@ -124,8 +137,9 @@ def serve(
         os.environ[MODEL_NAME_ENV] = source.registry_name
     os.environ[MAX_BATCH_ENV] = str(max_batch)
     os.environ[BODY_TIMEOUT_ENV] = repr(float(body_timeout))
+    os.environ.update(worker_env or {})
     uvicorn.run(
-        "hdb_mlops.serving.app:app_from_env",
+        factory,
         factory=True,
         workers=workers,
         # a worker importing the stack and loading a model holds the GIL for seconds on a
