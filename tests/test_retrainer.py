@@ -319,6 +319,11 @@ def test_the_window_is_never_trained_on(sample, tmp_path):
     # no data files: the feedback before the window is the training set...
     alone = assemble(history.iloc[:0], feedback, window_months=2, min_window_rows=10)
     assert alone.info["train_months"] == ["2025-04", "2025-07"]
+    # a window longer than the feedback starts at the first month fed back, and the files
+    # train up to the month before it: no month falls between training and window
+    long = assemble(history, feedback, window_months=12, min_window_rows=10)
+    assert long.info["window_months"] == ["2025-04", "2025-09"]
+    assert long.train["month"].max() == pd.Period("2025-03", freq="M")
     # ...and with nothing before the window there is nothing to train on
     in_window = feedback[feedback["month"] >= pd.Period("2025-08", freq="M")]
     with pytest.raises(RetrainError, match="no sales before the window's first month 2025-08"):

@@ -146,7 +146,9 @@ def assemble(
             "their actual prices (POST /feedback)"
         )
     last = feedback["month"].max()
-    first = last - (window_months - 1)
+    # the latest window_months of feedback, never starting before the first month fed back:
+    # a month before it would be in neither the window nor the training rows
+    first = max(last - (window_months - 1), feedback["month"].min())
     window = feedback[feedback["month"] >= first].reset_index(drop=True)
     if len(window) < min_window_rows:
         raise RetrainError(
