@@ -42,9 +42,12 @@ def loop(tmp_path_factory):
 
 def test_the_drift_fires_a_model_alert_in_prometheus_and_alertmanager(loop):
     assert not loop.timed_out, loop.summary()
-    assert loop.first_alert in ("HdbFeatureDrift", "HdbLiveMapeHigh")
-    assert "HdbFeatureDrift" in loop.prometheus_alerts  # ALERTS{alertstate="firing"}
-    assert "HdbFeatureDrift" in loop.alertmanager_alerts  # /api/v2/alerts
+    # which model alert Prometheus fires first is a race between the features' and the
+    # predictions' drift (both move within one evaluation interval at this speed)
+    drift = {"HdbFeatureDrift", "HdbPredictionDrift"}
+    assert loop.first_alert in (*drift, "HdbLiveMapeHigh"), loop.summary()
+    assert drift & set(loop.prometheus_alerts), loop.summary()  # ALERTS{alertstate="firing"}
+    assert drift & set(loop.alertmanager_alerts), loop.summary()  # /api/v2/alerts
     assert loop.wall_s["first_alert"] is not None
 
 
