@@ -206,7 +206,10 @@ def run_drift_loop(
         report.timed_out = not served and report.outcome is None
         if served:
             time.sleep(after_s)  # the traffic goes on: the new version answers it
-        report.alertmanager_alerts = _alertmanager_alerts(info.alertmanager_url)
+        # alerts resolve once the new champion serves: keep those seen while they fired
+        report.alertmanager_alerts = sorted(
+            set(report.alertmanager_alerts) | set(_alertmanager_alerts(info.alertmanager_url))
+        )
         report.model_info = _model_info(api_url)
         report.webhook_alerts = _alerts_received(retrainer)
     report.simulation = outcome.get("summary")
@@ -237,6 +240,7 @@ def _watch(
                 report.prometheus_alerts = firing
         if wall["webhook"] is None and _alerts_received(retrainer):
             wall["webhook"] = now
+            report.alertmanager_alerts = _alertmanager_alerts(info.alertmanager_url)
         if report.outcome is None and (record := _first_retraining(retrainer)) is not None:
             report.outcome, report.error = record.get("outcome"), record.get("error")
             report.gate, report.training = record.get("gate"), record.get("training")
