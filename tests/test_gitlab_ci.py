@@ -176,7 +176,7 @@ def promotion(gitlab_ci_local: Path, repo: Path) -> dict:
     pytest.importorskip("moto", reason="the aws extra is not installed: pip install -e '.[aws]'")
     from hdb_mlops.cloud.backends import moto_server
 
-    with moto_server() as url:
+    with moto_server(fresh=True) as url:
         common = ["--concurrency", "2", "--variable", f"HDB_ENDPOINT_URL={url}",
                   "--variable", "HDB_ROWS=3000", "--variable", "HDB_PARAMS=--param n_estimators=60"]  # fmt: skip
         _git(repo, "checkout", "-q", "dev")

@@ -32,7 +32,7 @@ ACCOUNT = "123456789012"
 @pytest.fixture(scope="module")
 def moto_url():
     """A moto server on 127.0.0.1 (an ephemeral port) for this module."""
-    with moto_server() as url:
+    with moto_server(fresh=True) as url:
         yield url
 
 

@@ -17,7 +17,7 @@ from hdb_mlops.cloud.backends import moto_server, open_backend
 @pytest.fixture(scope="module")
 def moto_url():
     pytest.importorskip("moto", reason="the aws extra is not installed: pip install -e '.[aws]'")
-    with moto_server() as url:
+    with moto_server(fresh=True) as url:
         yield url
 
 

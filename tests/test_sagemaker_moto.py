@@ -45,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A moto server, and one pipeline run on it through the CLI (under the network guard)."""
     guard = NetworkGuard()
     work = tmp_path_factory.mktemp("sagemaker-moto")
-    with moto_server() as url, pytest.MonkeyPatch.context() as mp:
+    with moto_server(fresh=True) as url, pytest.MonkeyPatch.context() as mp:
         guard.install(mp)
         status, out = _cli(
             "sagemaker", "run", "--backend", "moto", "--endpoint-url", url, "--rows", "3000",

@@ -140,13 +140,13 @@ class CloudContext:
 
 
 @contextmanager
-def moto_server(port: int = 0) -> Iterator[str]:
+def moto_server(port: int = 0, *, fresh: bool = False) -> Iterator[str]:
     """Run a moto server on 127.0.0.1 (``port`` 0: an ephemeral one); yield its URL; stop it.
 
     The server runs in a thread of this process, and moto keeps one state per process: every
-    moto server of the process (and ``mock_aws``) sees the same account. Use distinct name
-    prefixes, or :func:`reset_moto`, for a clean account. Its per-request log lines
-    (werkzeug's, at INFO) are kept off stderr meanwhile.
+    moto server of the process (and ``mock_aws``) sees the same account. ``fresh`` empties
+    that account first (:func:`reset_moto`); otherwise use distinct name prefixes. Its
+    per-request log lines (werkzeug's, at INFO) are kept off stderr meanwhile.
     """
     from moto.server import ThreadedMotoServer
 
@@ -157,7 +157,10 @@ def moto_server(port: int = 0) -> Iterator[str]:
     server.start()
     try:
         host, bound = server.get_host_and_port()
-        yield f"http://{host}:{bound}"
+        url = f"http://{host}:{bound}"
+        if fresh:
+            reset_moto(url)
+        yield url
     finally:
         server.stop()
         requests_log.setLevel(level)
