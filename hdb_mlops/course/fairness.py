@@ -14,7 +14,11 @@ not ranked and stay out of the differences and ratios, because a figure over a h
 sales is noise. Over the other groups, fairlearn's ``difference()`` (largest minus smallest)
 and ``ratio()`` (smallest over largest) say how far apart they are. The 95 % intervals come
 from a seeded bootstrap within each group (:func:`bootstrap`, which says why it is not
-fairlearn's own). A ratio of signed errors means nothing and is not reported.
+fairlearn's own). The interval of a difference or a ratio is that of the two groups at the
+extremes of the point figures, re-measured in each draw: the largest minus the smallest group
+of each draw would be biased upwards, since with many groups the noisiest ones land at the
+extremes of every draw. A ratio of signed errors means nothing and is not reported; for the
+signed error, the best group is the one nearest zero and the worst the one farthest from it.
 
 Price bands are the course's bands of the *actual* price (``price_band`` of the predictions
 of :mod:`hdb_mlops.model.evaluate`: <400k ... >=1M) when the predictions carry them, else
@@ -143,6 +147,21 @@ def _metric_frame(data: pd.DataFrame, groups_of: pd.Series, with_count: bool = F
     )
 
 
+def _best(values: pd.Series, metric: str) -> str:
+    """The best-served group for ``metric``: the most within ±5 %, the bias nearest zero,
+    else the lowest error."""
+    if metric == "within_5":
+        return str(values.idxmax())
+    return str(values.abs().idxmin() if metric == "mean_pct_error" else values.idxmin())
+
+
+def _worst(values: pd.Series, metric: str) -> str:
+    """The worst-served group for ``metric`` (the opposite of :func:`_best`)."""
+    if metric == "within_5":
+        return str(values.idxmin())
+    return str(values.abs().idxmax() if metric == "mean_pct_error" else values.idxmax())
+
+
 def bootstrap(errors: dict[str, np.ndarray], n_boot: int, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Seeded bootstrap replicates of each metric per group: metric -> frame of ``n_boot``
     rows (replicates) by group. Each group's percentage errors are resampled with
@@ -198,13 +217,9 @@ def group_fairness(
             ratio = frame.ratio()
             summary["ratio"] = [ratio[m] if ok else np.nan for m, ok in METRICS.items()]
             by_group = _frame(frame)
-            better_high = {"within_5"}
-            summary["best"] = [
-                by_group[m].idxmax() if m in better_high else by_group[m].idxmin() for m in METRICS
-            ]
-            summary["worst"] = [
-                by_group[m].idxmin() if m in better_high else by_group[m].idxmax() for m in METRICS
-            ]
+            summary["best"] = [_best(by_group[m], m) for m in METRICS]
+            summary["worst"] = [_worst(by_group[m], m) for m in METRICS]
+            extremes = {m: (by_group[m].idxmax(), by_group[m].idxmin()) for m in METRICS}
     if (~kept).any():
         parts.append(_frame(_metric_frame(data[~kept], groups_of[~kept])))
     groups = pd.concat(parts)
@@ -219,8 +234,11 @@ def group_fairness(
             groups[f"{metric}_low"] = reps.quantile(low_q).reindex(groups.index)
             groups[f"{metric}_high"] = reps.quantile(high_q).reindex(groups.index)
         if "difference" in summary:
-            spread = {m: reps.max(axis=1) - reps.min(axis=1) for m, reps in replicates.items()}
-            ratios = {m: reps.min(axis=1) / reps.max(axis=1) for m, reps in replicates.items()}
+            # the two groups of the point figures' extremes, in every draw (module docstring)
+            spread = {m: reps[hi] - reps[lo] for m, reps in replicates.items()
+                      for hi, lo in [extremes[m]]}  # fmt: skip
+            ratios = {m: reps[lo] / reps[hi] for m, reps in replicates.items()
+                      for hi, lo in [extremes[m]]}  # fmt: skip
             summary["difference_low"] = [spread[m].quantile(low_q) for m in METRICS]
             summary["difference_high"] = [spread[m].quantile(high_q) for m in METRICS]
             summary["ratio_low"] = [ratios[m].quantile(low_q) if ok else np.nan
@@ -278,7 +296,7 @@ def disparity_advice(result: GroupFairness, threshold_points: float = 2.0) -> st
     sure = (
         ""
         if np.isnan(low)
-        else (f" (95% interval of the gap {low:.2f}-{s.loc['mape', 'difference_high']:.2f})")
+        else (f" (95% interval of the gap {low:.2f} to {s.loc['mape', 'difference_high']:.2f})")
     )
     text = (
         f"By {result.by}: MAPE runs from {result.groups.loc[best, 'mape']:.2f}% ({best}) to "
