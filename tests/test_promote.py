@@ -137,3 +137,22 @@ def test_the_cli_promotes_and_reports_a_refusal_in_one_line(artifacts, tmp_path,
     assert main(["sagemaker", "environments", "--root", root, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["dev"]["digest"] == shown["digest"] and status["uat"] is None
+
+
+def test_on_a_stage2_stack_the_environment_uses_the_stacks_artifact_bucket(moto_url, artifacts):
+    """Chapter 4's stack for ``<prefix>-dev`` names its artifact bucket
+    ``<prefix>-dev-artifacts-<account>-<region>``: the dev store is that bucket. Its policy
+    refuses requests without TLS, and moto's endpoint here is plain HTTP: the promotion is
+    refused, as it would be from any client that does not use TLS."""
+    from hdb_mlops.cloud import infra
+
+    built, _ = artifacts
+    with open_backend("moto", endpoint_url=moto_url, prefix="stk") as ctx:
+        deployed = infra.deploy(ctx, prefix="stk-dev", params={"Environment": "dev"})
+        bucket = deployed.outputs["ArtifactBucketName"]
+        assert bucket == f"stk-dev-artifacts-123456789012-{ctx.region}"
+        store = P.store_for(ctx)
+        assert store.bucket("dev") == bucket
+        assert store.bucket("uat") == "stk-uat-artifacts"  # no stack for uat: the default name
+        with pytest.raises(Exception, match=r"Forbidden|AccessDenied"):
+            P.promote(ctx, built, "dev")

@@ -6,8 +6,9 @@ The build produces ``model.tar.gz`` once. Promotion never rebuilds: it copies th
 
 and checks at every hop that they still hash to the digest. ``uat`` takes only a digest that
 is in ``dev``, ``prod`` only one that is in ``uat``; anything else is refused. Each
-environment has a store (an S3 bucket on moto or aws, ``<prefix>-<env>-artifacts`` unless told
-otherwise; a folder on the local backend) laid out as::
+environment has a store (on moto or aws an S3 bucket: the ``ArtifactBucketName`` of the Stage 2
+stack deployed with the prefix ``<prefix>-<env>``, where there is one, else
+``<prefix>-<env>-artifacts``; a folder on the local backend) laid out as::
 
     artifacts/sha256/<digest>/model.tar.gz     every artifact that was promoted here
     manifest.json                              what the environment runs now
@@ -144,12 +145,15 @@ class S3Store:
     def __init__(self, ctx: CloudContext, buckets: dict[str, str] | None = None) -> None:
         self.ctx = ctx
         self.s3 = ctx.client("s3")
-        self.buckets = {env: f"{ctx.prefix}-{env}-artifacts" for env in ENVIRONMENTS}
-        self.buckets.update(buckets or {})
+        self.buckets = dict(buckets or {})
         self._ready: set[str] = set()
 
     def bucket(self, env: str) -> str:
-        """The environment's bucket name."""
+        """The environment's bucket name: as given, else the artifact bucket of the Stage 2
+        stack of ``<prefix>-<env>`` (chapter 4), else ``<prefix>-<env>-artifacts``."""
+        if env not in self.buckets:
+            prefix = f"{self.ctx.prefix}-{env}"
+            self.buckets[env] = _stack_artifact_bucket(self.ctx, prefix) or f"{prefix}-artifacts"
         return self.buckets[env]
 
     def _ensure(self, env: str) -> str:
@@ -198,6 +202,24 @@ class S3Store:
     def write(self, env: str, key: str, data: bytes) -> None:
         """Put bytes."""
         self.s3.put_object(Bucket=self._ensure(env), Key=key, Body=data)
+
+
+def _stack_artifact_bucket(ctx: CloudContext, prefix: str) -> str | None:
+    """The ``ArtifactBucketName`` output of the Stage 2 stack of ``prefix``; None when no such
+    stack exists (or it has no such output)."""
+    from hdb_mlops.cloud.infra import stack_name
+
+    try:
+        [stack] = ctx.client("cloudformation").describe_stacks(StackName=stack_name(prefix))[
+            "Stacks"
+        ]
+    except Exception as exc:  # botocore's ClientError: "Stack with id ... does not exist"
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code == "ValidationError":
+            return None
+        raise
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    return outputs.get("ArtifactBucketName")
 
 
 def store_for(
