@@ -7,7 +7,8 @@
   reference's own quantile edges (:func:`hdb_mlops.model.profile.bin_shares`), with one more
   bin for missing values when either side has any; categorical columns on the reference's
   categories, plus an "other" bin for values the reference did not keep. Rules of thumb:
-  < 0.1 stable, 0.1-0.25 a moderate shift, > 0.25 a significant shift.
+  < 0.1 stable, 0.1-0.2 a moderate shift, > 0.2 a significant one (some texts draw the last
+  line at 0.25); the drift alerts (``prometheus/rules/alerts.yml``) fire above 0.2.
 * **KS**: :func:`scipy.stats.ks_2samp` of the live values against the profile's reference
   sample (the column at 500 evenly spaced quantiles; profile version 2). Profiles of version
   1 have no sample: no KS then (:func:`ks_test` returns None).

@@ -55,6 +55,37 @@ def upload(ctx: CloudContext, path: Path | str, uri: str) -> str:
     return uri
 
 
+def upload_input(ctx: CloudContext, settings: PipelineSettings, source: str | Path) -> str:
+    """Upload the raw resale files of ``source`` under the pipeline's input prefix (the bucket
+    made first if absent); return that prefix, ``s3://bucket/prefix/input/raw/``."""
+    from hdb_mlops.data.storage import resolve_source
+
+    ensure_bucket(ctx, settings.bucket)
+    prefix = f"s3://{settings.bucket}/{settings.prefix}/input/raw"
+    for path in resolve_source(source):
+        upload(ctx, path, f"{prefix}/{path.name}")
+    return f"{prefix}/"
+
+
+def execution_parameters(
+    input_uri: str,
+    *,
+    mape_threshold: float,
+    rows: int | None = None,
+    seed: int = 42,
+    cutoff: str | None = None,
+) -> dict[str, Any]:
+    """The pipeline parameters of one execution (``rows`` None or 0: every row; ``cutoff``
+    None: ``auto``, the definition's default)."""
+    return {
+        "InputDataUri": input_uri,
+        "MapeThreshold": float(mape_threshold),
+        "Rows": int(rows or 0),
+        "Seed": int(seed),
+        "Cutoff": cutoff or "auto",
+    }
+
+
 def upsert_and_start(
     ctx: CloudContext,
     settings: PipelineSettings,
@@ -98,22 +129,17 @@ def run_on_backend(
     return a summary (execution, metrics, digest, the model package or the failure)."""
     from hdb_mlops.cloud.sagemaker import registry
     from hdb_mlops.cloud.sagemaker.local import run_local
-    from hdb_mlops.data.storage import resolve_source
 
     settings = settings.resolved()
     options = dict(local_options or {})
     options.setdefault("mape_threshold", settings.mape_threshold)
-    ensure_bucket(ctx, settings.bucket)
-    input_prefix = f"s3://{settings.bucket}/{settings.prefix}/input/raw"
-    for path in resolve_source(source):
-        upload(ctx, path, f"{input_prefix}/{path.name}")
-    parameters = {
-        "InputDataUri": f"{input_prefix}/",
-        "MapeThreshold": float(options["mape_threshold"]),
-        "Rows": int(options.get("rows") or 0),
-        "Seed": int(options.get("seed", 42)),
-        "Cutoff": options.get("cutoff") or "auto",
-    }
+    parameters = execution_parameters(
+        upload_input(ctx, settings, source),
+        mape_threshold=options["mape_threshold"],
+        rows=options.get("rows"),
+        seed=options.get("seed", 42),
+        cutoff=options.get("cutoff"),
+    )
     started = upsert_and_start(ctx, settings, parameters, folder=run_dir)
     run = run_local(source, run_dir=run_dir, hyperparameters=settings.hyperparameters, **options)
     execution = started["execution_id"]
