@@ -246,22 +246,15 @@ def _make_targets() -> set[str]:
     return set(re.findall(r"^([a-z][\w-]*):", text, flags=re.M))
 
 
-def test_every_command_exists_or_comes_in_a_later_chapter():
+def test_every_command_exists():
     from hdb_mlops.cli import build_parser
 
-    order = list(stages.chapters())
     parser = build_parser()
     targets = _make_targets()
     broken = []
     for cap in stages.capabilities():
         words = shlex.split(cap.command)
         assert words[0] in ("hdb-mlops", "make"), cap.command
-        if cap.coming:
-            assert order.index(cap.coming) > order.index("2"), f"{cap.id}: coming in {cap.coming}?"
-            assert stages.chapters()[cap.coming].notebook is None, (
-                f"{cap.id}: chapter {cap.coming} is written: drop the coming mark in stages.yaml"
-            )
-            continue
         if words[0] == "make":
             if words[1] not in targets:
                 broken.append(cap.command)
@@ -270,13 +263,19 @@ def test_every_command_exists_or_comes_in_a_later_chapter():
             parser.parse_args(words[1:])
         except SystemExit:
             broken.append(cap.command)
-    assert broken == [], "commands that neither exist nor are marked coming"
+    assert broken == [], "commands the CLI or the Makefile does not have"
 
 
-def test_chapters_with_a_notebook_have_it():
+def test_every_chapter_and_capability_has_its_notebook():
     for chapter in stages.chapters().values():
-        if chapter.notebook:
-            assert (config.NOTEBOOKS_DIR / f"{chapter.notebook}.ipynb").is_file(), chapter
+        assert chapter.notebook, chapter
+        assert (config.NOTEBOOKS_DIR / f"{chapter.notebook}.ipynb").is_file(), chapter
+    for cap in stages.capabilities():
+        path = config.PROJECT_DIR / stages.notebook_of(cap)
+        assert path.is_file(), cap
+        # the notebook is one of its chapter's: 06b teaches chapter 6, not chapter 5
+        first = stages.chapters()[cap.chapter].notebook
+        assert path.stem[:2] == first[:2], cap
 
 
 def test_stage_of_places_a_team_by_its_complete_stages():
@@ -319,12 +318,13 @@ def test_a_stages_file_that_does_not_hold_together_is_refused(tmp_path):
 
 def test_the_tables_show_status_and_evidence():
     caps = stages.capabilities_table()
-    assert caps.loc["model_api", "status"] == "in the course"
-    assert caps.loc["build_pipeline", "status"] == "coming in chapter 5C–5F"
+    assert caps.loc["model_api", "notebook"] == "notebooks/03_first_deployment.ipynb"
+    assert caps.loc["build_pipeline", "notebook"] == "notebooks/05c_sagemaker_pipeline.ipynb"
+    assert caps.loc["environment_promotion", "notebook"] == "notebooks/05f_build_and_deploy.ipynb"
     progress = stages.progress_table({1: "ran above"})
     assert progress.loc["Stage 1 · Repeatable", "here"] == "ran above"
-    assert progress.loc["Stage 0 · Manual", "here"] == "not run here"
-    assert progress.loc["Stage 2 · Automated", "here"] == "coming in chapter 4, 5C–5F"
+    assert progress.loc["Stage 0 · Manual", "here"] == "shown in chapter 1"
+    assert progress.loc["Stage 2 · Automated", "here"] == "shown in chapter 4, 5C–5F"
     assert "hdb-mlops train" in progress.loc["Stage 1 · Repeatable", "commands"]
 
 

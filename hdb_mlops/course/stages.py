@@ -3,7 +3,7 @@ and how three published maturity frameworks line up with them.
 
 The content is data, in ``hdb_mlops/resources/stages.yaml``: the course's chapters, our four
 stages, the capabilities (each with its stage, the chapter that teaches it and the command that
-runs it, or the chapter it is ``coming`` in), the sources, and the levels of Microsoft's MLOps
+runs it), the sources, and the levels of Microsoft's MLOps
 maturity model (0-4), Google's MLOps levels (0-2) and AWS's phases (Initial, Repeatable,
 Reliable, Scalable), each described in our own words with the stages of ours it overlaps.
 
@@ -65,15 +65,15 @@ class Stage:
 
 @dataclass(frozen=True)
 class Capability:
-    """What a stage adds: taught in ``chapter``, run by ``command``; ``coming`` names the
-    chapter that adds the command when the CLI does not have it yet."""
+    """What a stage adds: taught in ``chapter`` (in its ``notebook``, where the chapter has
+    more than one; None: the chapter's first), run by ``command``."""
 
     id: str
     stage: int
     name: str
     chapter: str
     command: str
-    coming: str | None = None
+    notebook: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def _read(path: Path) -> StagesModel:
             _text(c["name"]),
             str(c["chapter"]),
             _text(c["command"]),
-            str(c["coming"]) if c.get("coming") else None,
+            str(c["notebook"]) if c.get("notebook") else None,
         )
         for c in raw["capabilities"]
     )
@@ -202,9 +202,7 @@ def _check(model: StagesModel, path: Path) -> None:
     if tuple(s.stage for s in model.stages) != STAGE_NUMBERS:
         problems.append(f"the stages must be {STAGE_NUMBERS} in order")
     named = [ch for s in model.stages for ch in s.chapters]
-    named += [c.chapter for c in model.capabilities] + [
-        c.coming for c in model.capabilities if c.coming
-    ]
+    named += [c.chapter for c in model.capabilities]
     problems += [f"unknown chapter {ch!r}" for ch in sorted(set(named) - set(model.chapters))]
     ids = [c.id for c in model.capabilities]
     problems += [f"capability {i!r} twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
@@ -297,16 +295,14 @@ def stages_table() -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("stage")
 
 
-def _status(capability: Capability) -> str:
-    return (
-        f"coming in chapter {chapter_label(capability.coming)}"
-        if capability.coming
-        else "in the course"
-    )
+def notebook_of(capability: Capability) -> str:
+    """The notebook file that teaches ``capability`` (``notebooks/04_stage2_on_aws.ipynb``)."""
+    stem = capability.notebook or chapters()[capability.chapter].notebook
+    return f"notebooks/{stem}.ipynb" if stem else "not written yet"
 
 
 def capabilities_table(stage: int | None = None) -> pd.DataFrame:
-    """The capabilities (of one stage, or all): stage, what, chapter, command, status."""
+    """The capabilities (of one stage, or all): stage, what, chapter, command, notebook."""
     rows = [
         {
             "capability": c.id,
@@ -314,7 +310,7 @@ def capabilities_table(stage: int | None = None) -> pd.DataFrame:
             "what": c.name,
             "chapter": chapter_label(c.chapter),
             "command": c.command,
-            "status": _status(c),
+            "notebook": notebook_of(c),
         }
         for c in capabilities(stage)
     ]
@@ -349,17 +345,13 @@ def sources_table() -> pd.DataFrame:
 
 def progress_table(evidence: Mapping[int, str]) -> pd.DataFrame:
     """What the price model is at each stage, the commands that get it there, and what this
-    notebook showed (``evidence``: stage -> text), or the chapters still to come."""
+    notebook showed (``evidence``: stage -> text), or the chapters that show it."""
     rows = []
     for s in stage_definitions():
         own = capabilities(s.stage)
         commands = list(dict.fromkeys(c.command for c in own))
-        coming = sorted({c.coming for c in own if c.coming}, key=list(chapters()).index)
-        default = (
-            f"coming in chapter {', '.join(map(chapter_label, coming))}"
-            if coming
-            else "not run here"
-        )
+        shown = sorted({c.chapter for c in own}, key=list(chapters()).index)
+        default = f"shown in chapter {', '.join(map(chapter_label, shown))}"
         rows.append(
             {
                 "stage": s.label,
