@@ -20,7 +20,7 @@ help:
 	@echo "make lock       re-resolve requirements.lock from pyproject.toml"
 	@echo "make sample     regenerate data/sample/ from the committed calibration"
 	@echo "make clean      remove runs/ and the data caches (keeps .venv)"
-	@echo "make wheelhouse     download every wheel of requirements.lock into wheelhouse/ (online)"
+	@echo "make wheelhouse     download every wheel of requirements.lock and of checkov's tool env into wheelhouse/ (online)"
 	@echo "make setup-offline  build .venv from wheelhouse/ with no index and no network"
 
 setup: $(VENV)/.synced
