@@ -3,6 +3,54 @@ conftest.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pandas as pd
+
+#: The tests' training cut-off: fit up to it, serve what comes after.
+CUTOFF = pd.Period("2024-12", freq="M")
+#: A small, fast XGBoost (50 trees of depth 4).
+FAST_XGB = {"n_estimators": 50, "max_depth": 4, "learning_rate": 0.2}
+
+
+def xgboost_model(**kwargs):
+    """The course's XGBoost pipeline with :data:`FAST_XGB`, on one thread."""
+    from hdb_mlops.model import train
+
+    model = train.build_model("xgboost", params=FAST_XGB, **kwargs)
+    model.n_jobs = 1
+    return model
+
+
+def fast_bundle(
+    model, tx: pd.DataFrame, out: Path, seed: int = 1, *, profiled: bool = True
+) -> Path:
+    """Fit ``model`` on 4,000 rows up to :data:`CUTOFF`, take the residual quantiles from the
+    next six months and save a bundle; ``profiled``: with the reference profile that
+    :func:`hdb_mlops.model.train.publish` writes (features and predictions of the fit rows)."""
+    import numpy as np
+
+    from hdb_mlops.model.bundle import residual_quantiles, save_bundle
+    from hdb_mlops.model.profile import reference_profile
+
+    months = tx["month"]
+    fit = tx[months <= CUTOFF].sample(4000, random_state=seed).sort_values("month", kind="stable")
+    valid = tx[(months > CUTOFF) & (months <= CUTOFF + 6)]
+    model.fit(fit)
+    pred = model.predict(valid)
+    return save_bundle(
+        model,
+        out,
+        metrics={
+            "mape": float(np.mean(np.abs(pred / valid["resale_price"] - 1)) * 100),
+            "n": len(valid),
+        },
+        residual_quantiles=residual_quantiles(valid["resale_price"], pred),
+        profile=reference_profile(model.features(fit), model.predict(fit)) if profiled else {},
+        data_hash=None,
+        git=None,
+    )
+
 
 def made_up_locations(transactions):
     """Made-up coordinates for every other address of ``transactions``, and three stations:

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import made_up_locations, request_rows
+from helpers import CUTOFF, fast_bundle, made_up_locations, request_rows, xgboost_model
 
 from hdb_mlops.data import storage
 from hdb_mlops.data.normalise import format_remaining_lease
@@ -37,8 +37,6 @@ from hdb_mlops.serving.server import serve_in_thread
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 
 PROJECT = Path(__file__).resolve().parents[1]
-CUTOFF = pd.Period("2024-12", freq="M")
-FAST_XGB = {"n_estimators": 50, "max_depth": 4, "learning_rate": 0.2}
 REQUEST_COLUMNS = [c for c in OFFICIAL_2017_COLUMNS if c != "resale_price"]
 ROW = {
     "month": "2025-06",
@@ -64,27 +62,7 @@ def tx(tmp_path_factory) -> pd.DataFrame:
 
 def fit_and_save(model, tx: pd.DataFrame, out: Path) -> Path:
     """Fit on 4,000 rows up to the cut-off; residual quantiles from the next six months."""
-    months = tx["month"]
-    fit = tx[months <= CUTOFF].sample(4000, random_state=1).sort_values("month", kind="stable")
-    valid = tx[(months > CUTOFF) & (months <= CUTOFF + 6)]
-    model.fit(fit)
-    pred = model.predict(valid)
-    mape = float(np.mean(np.abs(pred / valid["resale_price"] - 1)) * 100)
-    return save_bundle(
-        model,
-        out,
-        metrics={"mape": mape, "n": len(valid)},
-        residual_quantiles=residual_quantiles(valid["resale_price"], pred),
-        profile={},
-        data_hash=None,
-        git=None,
-    )
-
-
-def xgboost_model(**kwargs):
-    model = train.build_model("xgboost", params=FAST_XGB, **kwargs)
-    model.n_jobs = 1
-    return model
+    return fast_bundle(model, tx, out, profiled=False)
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,11 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import request_rows
+from helpers import CUTOFF, fast_bundle, request_rows, xgboost_model
 
 from hdb_mlops.data import storage
-from hdb_mlops.model import train
-from hdb_mlops.model.bundle import load_bundle, residual_quantiles, save_bundle
+from hdb_mlops.model.bundle import load_bundle
 from hdb_mlops.model.features import transactions_from_records
-from hdb_mlops.model.profile import reference_profile
 from hdb_mlops.monitoring import drift
 from hdb_mlops.monitoring.service import create_monitored_app
 from hdb_mlops.serving import process
@@ -32,8 +30,6 @@ from hdb_mlops.serving.request_fields import format_months
 from hdb_mlops.serving.request_schema import REQUEST_COLUMNS
 from hdb_mlops.serving.server import serve_in_thread
 
-CUTOFF = pd.Period("2024-12", freq="M")
-FAST_XGB = {"n_estimators": 50, "max_depth": 4, "learning_rate": 0.2}
 MAX_BODY = 400_000
 
 
@@ -48,26 +44,7 @@ def tx(tmp_path_factory) -> pd.DataFrame:
 def profiled_bundle(model, tx: pd.DataFrame, out: Path, seed: int = 1) -> Path:
     """Fit on 4,000 rows up to the cut-off and save with the reference profile that
     :func:`hdb_mlops.model.train.publish` writes (features and predictions of the fit rows)."""
-    months = tx["month"]
-    fit = tx[months <= CUTOFF].sample(4000, random_state=seed).sort_values("month", kind="stable")
-    valid = tx[(months > CUTOFF) & (months <= CUTOFF + 6)]
-    model.fit(fit)
-    pred = model.predict(valid)
-    return save_bundle(
-        model,
-        out,
-        metrics={"mape": float(np.mean(np.abs(pred / valid["resale_price"] - 1)) * 100)},
-        residual_quantiles=residual_quantiles(valid["resale_price"], pred),
-        profile=reference_profile(model.features(fit), model.predict(fit)),
-        data_hash=None,
-        git=None,
-    )
-
-
-def xgboost_model(**kwargs):
-    model = train.build_model("xgboost", params=FAST_XGB, **kwargs)
-    model.n_jobs = 1
-    return model
+    return fast_bundle(model, tx, out, seed)
 
 
 @pytest.fixture(scope="module")

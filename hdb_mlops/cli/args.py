@@ -80,6 +80,15 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+def print_summary(summary: dict[str, Any], as_json: bool = False) -> None:
+    """Print a command's summary: as JSON, or one ``key  value`` line per entry."""
+    if as_json:
+        print_json(summary)
+        return
+    for key, value in summary.items():
+        print(f"{key:<20}{value}")
+
+
 # ----------------------------------------------------------------------------- paths
 
 

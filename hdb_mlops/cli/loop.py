@@ -17,7 +17,7 @@ from hdb_mlops.cli.args import (
     non_negative_float,
     positive_float,
     positive_int,
-    print_json,
+    print_summary,
     quiet_mlflow,
     tcp_port,
 )
@@ -103,11 +103,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         limit=args.limit,
         duration_s=args.duration,
     ).to_dict()
-    if args.json:
-        print_json(summary)
-    else:
-        for key, value in summary.items():
-            print(f"{key:<20}{value}")
+    print_summary(summary, args.json)
     return 0
 
 

@@ -18,6 +18,7 @@ from hdb_mlops.cli.args import (
     positive_float,
     positive_int,
     print_json,
+    print_summary,
     quiet_mlflow,
     with_hint,
 )
@@ -93,11 +94,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "fit_seconds": round(ev.fit_seconds, 2),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in ev.overall.items()},
     }
-    if args.json:
-        print_json(summary)
-    else:
-        for key, value in summary.items():
-            print(f"{key:<20}{value}")
+    print_summary(summary, args.json)
     return 0
 
 
