@@ -18,7 +18,7 @@ writer thread included) is also printed, and holds up on a busy one. Also checke
 prediction is in the log, none dropped. Prints only.
 
 Usage: python benchmarks/bench_monitoring.py [--model BUNDLE_DIR] [--rates 200]
-       [--seconds 10] [--rounds 2]
+       [--seconds 10] [--rounds 2] [--scrape-interval 1]
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ async def _get(port: int, path: str) -> int:
 
 
 async def scraper(port: int, seconds: float) -> list[float]:
-    """GET /metrics every SCRAPE_INTERVAL_S for ``seconds``; each scrape's time in ms."""
+    """GET /metrics every SCRAPE_INTERVAL_S (``--scrape-interval``) for ``seconds``; each
+    scrape's time in ms."""
     conn = await Connection.open(port)
     times = []
     loop = asyncio.get_running_loop()
@@ -141,6 +142,9 @@ async def scraper(port: int, seconds: float) -> list[float]:
         if status != 200:
             raise RuntimeError(f"/metrics answered {status}")
         await asyncio.sleep(SCRAPE_INTERVAL_S)
+        if SCRAPE_INTERVAL_S > 4:  # uvicorn closes a connection idle for 5 s: a new one
+            conn.close()
+            conn = await Connection.open(port)
     conn.close()
     return times
 
@@ -217,12 +221,20 @@ def in_process(bundle_dir: Path, rows: list[dict], log_path: Path) -> dict[str, 
 
 
 def main() -> int:
+    global SCRAPE_INTERVAL_S  # the scraper's interval, set by --scrape-interval
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="a bundle directory")
     parser.add_argument("--rates", type=float, nargs="+", default=[P99_BAR_RATE])
     parser.add_argument("--seconds", type=float, default=10.0, help="per rate and round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=SCRAPE_INTERVAL_S,
+        help="seconds between scrapes (1: the worst case; prometheus/prometheus.yml uses 15)",
+    )
     args = parser.parse_args()
+    SCRAPE_INTERVAL_S = args.scrape_interval
 
     with tempfile.TemporaryDirectory(prefix="bench-monitoring-") as tmp:
         tmp_dir = Path(tmp)

@@ -3,13 +3,14 @@ with the served bundle's reference profile each time Prometheus scrapes ``/metri
 
 :class:`DriftWindow` is both a prediction observer (:mod:`hdb_mlops.serving.observers`) and
 a Prometheus collector. On the request path it only appends the validated rows and their
-prices to a bounded queue (a lock, a deque append: about a microsecond). When ``/metrics`` is
-scraped (in the thread pool, never on the event loop) it turns the rows queued since the last
-scrape into model features with the served engine's own feature builder (the XGBoost fast
-path's :meth:`~hdb_mlops.serving.fastpath.XGBoostEngine.features`, else
+prices to a bounded queue (a lock, a deque append: about a microsecond). A background thread
+(every 0.1 s) turns the queued rows into model features, in small batches, with the served
+engine's own feature builder (the XGBoost fast path's
+:meth:`~hdb_mlops.serving.fastpath.XGBoostEngine.features`, else
 ``model.features(records_frame(rows))``: the function the reference profile was made with),
-writes them into numpy ring buffers of the last ``size`` rows and computes the statistics of
-:mod:`hdb_mlops.monitoring.drift`. The result is cached for ``max_age_s`` (1 s), so scrapes
+and writes them into numpy ring buffers of the last ``size`` rows. A scrape of ``/metrics`` (in
+the thread pool, never on the event loop) featurises what is left and computes the statistics
+of :mod:`hdb_mlops.monitoring.drift`. The result is cached for ``max_age_s`` (1 s), so scrapes
 from several Prometheus servers cost one computation.
 
 Gauges (label ``feature``: a column of the profile, or ``prediction`` for predicted prices):
@@ -41,12 +42,16 @@ from hdb_mlops.serving.served import ServedModel
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 1000
+#: Rows featurised per call when the window catches up (see :meth:`DriftWindow._drain`).
+_CHUNK_ROWS = 50
+#: Seconds between the background featuriser's batches (None: only at scrape time).
+DEFAULT_DRAIN_S = 0.1
 #: Seconds a computed set of drift gauges is served from the cache.
 DEFAULT_MAX_AGE_S = 1.0
 _KS_HELP = " (left out for a bundle whose profile has no reference sample: profile version 1)"
 HELP = {
     "hdb_drift_psi": "Population stability index of the last window_rows rows against the "
-    "training profile, by feature (prediction: predicted prices). >0.25: a significant shift.",
+    "training profile, by feature (prediction: predicted prices). >0.2: a significant shift.",
     "hdb_drift_ks_statistic": "Two-sample Kolmogorov-Smirnov statistic of the window against "
     "the training profile's reference sample, by numeric feature and prediction" + _KS_HELP,
     "hdb_drift_ks_pvalue": "p-value of the two-sample KS test of the window against the "
@@ -139,11 +144,19 @@ class DriftWindow(Collector):
     (see the module docstring). Thread-safe: rows arrive from the event loop and the thread
     pool, scrapes run in the thread pool."""
 
-    def __init__(self, size: int = DEFAULT_WINDOW, max_age_s: float = DEFAULT_MAX_AGE_S):
+    def __init__(
+        self,
+        size: int = DEFAULT_WINDOW,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        drain_every_s: float | None = DEFAULT_DRAIN_S,
+    ):
         if size < 1:
             raise ValueError(f"the drift window must hold at least 1 row, not {size}")
         self.size = int(size)
         self.max_age_s = float(max_age_s)
+        self.drain_every_s = drain_every_s
+        self._stop = threading.Event()
+        self._drainer: threading.Thread | None = None
         self._lock = threading.Lock()  # the queue of rows not yet featurised
         self._compute = threading.Lock()  # the ring buffers and the cache
         self._pending: deque[tuple[ServedModel, Sequence[RecordBase], list[float]]] = deque()
@@ -192,6 +205,28 @@ class DriftWindow(Collector):
             self._ref = ref
             self._reset_buffers(len(ref.numeric), len(ref.categorical))
             self._cache = None
+        if self.drain_every_s and self._drainer is None:
+            self._drainer = threading.Thread(
+                target=self._drain_forever, name="hdb-drift-drainer", daemon=True
+            )
+            self._drainer.start()
+
+    def close(self) -> None:
+        """Stop the background featuriser (the service calls it at shutdown)."""
+        self._stop.set()
+        if self._drainer is not None:
+            self._drainer.join(timeout=5)
+
+    def _drain_forever(self) -> None:
+        """Featurise the queued rows every ``drain_every_s``: the work is spread over time in
+        small batches (about 20 rows at 200 requests/s), so a scrape has only the statistics
+        left to compute and no request waits behind a long featurisation."""
+        while not self._stop.wait(self.drain_every_s):
+            try:
+                with self._compute:
+                    self._drain()
+            except Exception:  # never let the drainer die silently
+                log.warning("drift: the background featuriser failed", exc_info=True)
 
     # ---- the ring buffers (scrape side)
 
@@ -223,7 +258,13 @@ class DriftWindow(Collector):
             return
         if ref.needs_features:
             try:
-                matrix = feature_matrix(ref.model, records)
+                # in chunks, handing the GIL back between them: one call on 1,000 rows holds
+                # it for tens of ms, and every request waiting on the event loop with it
+                parts = []
+                for start in range(0, n, _CHUNK_ROWS):
+                    parts.append(feature_matrix(ref.model, records[start : start + _CHUNK_ROWS]))
+                    time.sleep(0)
+                matrix = np.vstack(parts)
             except Exception:
                 log.warning("drift: cannot build the features of %d rows", n, exc_info=True)
                 return
