@@ -98,3 +98,17 @@ def request_rows(transactions, n: int, seed: int = 3, *, odd: bool = False) -> l
             row["storey_range"] = row["storey_range"].lower()
         rows.append(row)
     return rows
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, value = line.rsplit(" ", 1)
+        sample_name, _, rest = key.partition("{")
+        found = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if sample_name == name and found == want:
+            return float(value)
+    return 0.0

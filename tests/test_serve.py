@@ -20,7 +20,14 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CUTOFF, fast_bundle, made_up_locations, request_rows, xgboost_model
+from helpers import (
+    CUTOFF,
+    fast_bundle,
+    made_up_locations,
+    metric_value,
+    request_rows,
+    xgboost_model,
+)
 
 from hdb_mlops.data import storage
 from hdb_mlops.data.normalise import format_remaining_lease
@@ -139,20 +146,6 @@ def assert_error(response: httpx.Response, status: int, field: str | None = None
         fields = [d["field"] for d in body["detail"]]
         assert field in fields, fields
     return body
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus text exposition (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        key, value = line.rsplit(" ", 1)
-        sample_name, _, rest = key.partition("{")
-        found = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
-        if sample_name == name and found == want:
-            return float(value)
-    return 0.0
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CUTOFF, fast_bundle, request_rows, xgboost_model
+from helpers import CUTOFF, fast_bundle, metric_value, request_rows, xgboost_model
 
 from hdb_mlops.data import storage
 from hdb_mlops.model.bundle import load_bundle
@@ -68,20 +68,6 @@ def monitored(bundle, tmp_path_factory):
 def client(monitored):
     with httpx.Client(base_url=monitored[0], timeout=30) as c:
         yield c
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus text exposition (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        key, value = line.rsplit(" ", 1)
-        sample_name, _, rest = key.partition("{")
-        found = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
-        if sample_name == name and found == want:
-            return float(value)
-    return 0.0
 
 
 def samples(text: str, name: str) -> dict[str, float]:
