@@ -137,7 +137,7 @@ def register_run(ctx: Any, settings: Any, run: Any, started: dict[str, Any] | No
     prefix and a new version is registered with the archive's sha256 in its metadata,
     PendingManualApproval."""
     from hdb_mlops.cloud.sagemaker import registry
-    from hdb_mlops.cloud.sagemaker.execution import ensure_bucket, upload
+    from hdb_mlops.cloud.sagemaker.execution import register_run, upload_outputs
 
     if run.status != "Succeeded":
         return None
@@ -146,23 +146,8 @@ def register_run(ctx: Any, settings: Any, run: Any, started: dict[str, Any] | No
         wait_for_execution(ctx, started["execution_arn"])
         return registry.resolve(ctx, group, "pending")
     execution = (started or {}).get("execution_id", "local")
-    base = f"s3://{settings.bucket}/{settings.prefix}"
-    model_uri = f"{base}/training/{execution}/output/model.tar.gz"
-    evaluation_uri = f"{base}/{execution}/evaluate/evaluation/evaluation.json"
-    ensure_bucket(ctx, settings.bucket)
-    upload(ctx, run.model_archive, model_uri)
-    evaluation = run.run_dir / "s3" / "evaluate" / "output" / "evaluation" / "evaluation.json"
-    upload(ctx, evaluation, evaluation_uri)
-    return registry.register_model(
-        ctx,
-        group,
-        model_data_url=model_uri,
-        image_uri=settings.image_uri,
-        digest=run.digest,
-        metrics_uri=evaluation_uri,
-        metrics={"mape": run.metrics["mape"], "within_10": run.metrics["within_10"]},
-        instance_type=settings.inference_instance_type,
-    )
+    model_uri, evaluation_uri = upload_outputs(ctx, settings, run, execution)
+    return register_run(ctx, settings, run, model_uri, evaluation_uri)
 
 
 @dataclass

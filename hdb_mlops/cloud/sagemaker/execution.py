@@ -142,18 +142,7 @@ def run_on_backend(
     )
     started = upsert_and_start(ctx, settings, parameters, folder=run_dir)
     run = run_local(source, run_dir=run_dir, hyperparameters=settings.hyperparameters, **options)
-    execution = started["execution_id"]
-    model_uri = f"s3://{settings.bucket}/{settings.prefix}/training/{execution}/output/model.tar.gz"
-    evaluation_uri = (
-        f"s3://{settings.bucket}/{settings.prefix}/{execution}/evaluate/evaluation/evaluation.json"
-    )
-    assert run.model_archive is not None and run.digest is not None
-    upload(ctx, run.model_archive, model_uri)
-    upload(
-        ctx,
-        run.run_dir / "s3" / "evaluate" / "output" / "evaluation" / "evaluation.json",
-        evaluation_uri,
-    )
+    model_uri, evaluation_uri = upload_outputs(ctx, settings, run, started["execution_id"])
     summary: dict[str, Any] = {
         **started,
         "execution_status": started["status"],  # moto: "Succeeded" at once, nothing ran
@@ -167,17 +156,43 @@ def run_on_backend(
         "model_package": None,
     }
     if run.status == "Succeeded":
-        package = registry.register_model(
-            ctx,
-            settings.model_package_group,
-            model_data_url=model_uri,
-            image_uri=settings.image_uri,
-            digest=run.digest,
-            metrics_uri=evaluation_uri,
-            metrics={"mape": run.metrics["mape"], "within_10": run.metrics["within_10"]},
-            instance_type=settings.inference_instance_type,
-        )
+        package = register_run(ctx, settings, run, model_uri, evaluation_uri)
         if approve:
             package = registry.set_status(ctx, package, registry.APPROVED, "hdb-mlops run")
         summary["model_package"] = package.to_dict()
     return summary
+
+
+def upload_outputs(
+    ctx: CloudContext, settings: PipelineSettings, run: Any, execution: str
+) -> tuple[str, str]:
+    """Upload a local run's ``model.tar.gz`` and ``evaluation.json`` where the jobs of
+    ``execution`` write them; return their URIs (model, evaluation)."""
+    base = f"s3://{settings.bucket}/{settings.prefix}"
+    model_uri = f"{base}/training/{execution}/output/model.tar.gz"
+    evaluation_uri = f"{base}/{execution}/evaluate/evaluation/evaluation.json"
+    assert run.model_archive is not None and run.digest is not None
+    ensure_bucket(ctx, settings.bucket)
+    upload(ctx, run.model_archive, model_uri)
+    evaluation = run.run_dir / "s3" / "evaluate" / "output" / "evaluation" / "evaluation.json"
+    upload(ctx, evaluation, evaluation_uri)
+    return model_uri, evaluation_uri
+
+
+def register_run(
+    ctx: CloudContext, settings: PipelineSettings, run: Any, model_uri: str, evaluation_uri: str
+) -> Any:
+    """Register a local run's model in the pipeline's package group, PendingManualApproval,
+    with its sha256 and metrics (what the pipeline's Register step records)."""
+    from hdb_mlops.cloud.sagemaker import registry
+
+    return registry.register_model(
+        ctx,
+        settings.model_package_group,
+        model_data_url=model_uri,
+        image_uri=settings.image_uri,
+        digest=run.digest,
+        metrics_uri=evaluation_uri,
+        metrics={"mape": run.metrics["mape"], "within_10": run.metrics["within_10"]},
+        instance_type=settings.inference_instance_type,
+    )
