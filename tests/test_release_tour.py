@@ -207,11 +207,15 @@ def test_the_promotion_figure():
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small build on a moto server: registered, approved, promoted dev -> uat -> prod."""
     from hdb_mlops.cloud import promote
-    from hdb_mlops.cloud.backends import open_backend
+    from hdb_mlops.cloud.backends import moto_server, open_backend
     from hdb_mlops.cloud.sagemaker import registry
 
     work = tmp_path_factory.mktemp("release-tour")
-    with open_backend("moto", prefix="tour") as ctx:
+    # an empty account: moto keeps one per process, and other modules register in this group
+    with (
+        moto_server(fresh=True) as url,
+        open_backend("moto", endpoint_url=url, prefix="tour") as ctx,
+    ):
         b = release_tour.build(ctx, SETTINGS, source="sample", rows=1500, seed=7,
                                run_dir=work / "run")  # fmt: skip
         packages = registry.list_packages(ctx, SETTINGS.model_package_group)
