@@ -9,6 +9,10 @@ tests (test_serve_monitoring.py) run it behind a real uvicorn with a real model.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -308,3 +312,76 @@ def test_window_queue_stays_bounded_without_scrapes(rng):
     window.observe("/predict/batch", big, big_prices, model)
     assert window._pending_rows <= 1000 + 700 and len(window._pending) <= 301
     assert _gauges(window)[("hdb_drift_window_rows", None)] == 1000
+
+
+def _filled_window(rng, statistics_process: bool) -> DriftWindow:
+    window = DriftWindow(
+        size=500, max_age_s=0, drain_every_s=None, statistics_process=statistics_process
+    )
+    model = _served(_profile(rng))
+    window.model_changed(model)
+    window.observe("/predict/batch", *_rows(rng, 400, area_mean=110), model)
+    return window
+
+
+def test_statistics_process_gives_the_statistics_of_this_process():
+    in_process = _filled_window(np.random.default_rng(7), statistics_process=False)
+    child = _filled_window(np.random.default_rng(7), statistics_process=True)
+    try:
+        assert child._worker is not None and child._worker._proc is not None
+        pid = child._worker._proc.pid
+        assert child.statistics() == in_process.statistics()
+        assert _gauges(child) == _gauges(in_process)
+        assert child._worker.fallbacks == 0 and child._worker._proc.pid == pid  # one child
+        assert pid != os.getpid()
+    finally:
+        child.close()
+    assert child._worker._proc is None  # close() stopped it
+
+
+def test_a_dead_or_stuck_statistics_process_is_replaced_and_no_scrape_fails(caplog):
+    window = _filled_window(np.random.default_rng(8), statistics_process=True)
+    worker = window._worker
+    try:
+        expected = window.statistics()
+        first = worker._proc
+        first.kill()  # died between scrapes: a new child, nothing computed here
+        first.wait()
+        assert window.statistics() == expected
+        second = worker._proc
+        assert second.pid != first.pid and worker.fallbacks == 0
+        worker.timeout_s = 1e-6  # no answer in time: this scrape computes here
+        with caplog.at_level("WARNING"):
+            assert window.statistics() == expected
+        assert "the statistics process failed (TimeoutError" in caplog.text
+        assert worker.fallbacks == 1 and worker._proc is None and second.poll() is not None
+        worker.timeout_s = 30
+        assert window.statistics() == expected  # and the next one has a new child
+        assert worker._proc.pid not in (first.pid, second.pid) and worker.fallbacks == 1
+    finally:
+        window.close()
+
+
+def test_statistics_process_exits_when_its_service_goes_away(tmp_path):
+    """The child reads jobs until its stdin closes: a parent that dies (kill -9) leaves no
+    process behind."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from hdb_mlops.monitoring.window_stats import StatisticsWorker\n"
+        "w = StatisticsWorker(); w.start(); print(w._proc.pid, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        child_pid = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the statistics process {child_pid} outlived its parent")

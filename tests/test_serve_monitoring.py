@@ -6,6 +6,7 @@ serve`` with and without monitoring. Real uvicorn servers on 127.0.0.1 (free por
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import sqlite3
@@ -216,9 +217,26 @@ def test_drift_gauges_are_the_profile_statistics_of_the_last_rows(monitored, bun
         for feature, value in want.items():
             assert got[feature] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, feature)
     assert set(samples(text, "hdb_drift_psi")) == {*loaded.profile["columns"], "prediction"}
+    worker = app.state.drift._worker  # computed by the statistics process, never here
+    assert worker is not None and worker._proc.poll() is None and worker.fallbacks == 0
     # training-like rows: no shift in the flats themselves
     assert expected.loc["floor_area_sqm", "psi"] < 0.1
     assert expected.loc["town", "chi2_pvalue"] > 1e-3
+
+
+def test_a_serving_process_freezes_its_heap_and_switches_threads_within_1ms(bundle):
+    """``hdb-mlops serve`` (tune_process): after the model is loaded, the garbage collector
+    no longer walks the loaded libraries and model, and the event loop's thread waits at most
+    1 ms for the interpreter lock (what keeps the monitored p99 under its bar)."""
+    interval = sys.getswitchinterval()
+    try:
+        with serve_in_thread(create_app(bundle, tune_process=True)) as url:
+            assert httpx.get(url + "/ready", timeout=30).status_code == 200
+            assert sys.getswitchinterval() == pytest.approx(0.001)
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(interval)
 
 
 def test_drift_gauges_are_computed_at_most_once_a_second(client, tx):

@@ -5,7 +5,8 @@ plus chapter 6's monitoring, plugged in through its observer hook.
 
 * the drift monitor (:class:`~hdb_mlops.monitoring.window.DriftWindow`): the last
   ``drift_window`` rows against the served bundle's reference profile, as ``hdb_drift_*``
-  gauges computed when ``/metrics`` is scraped;
+  gauges computed when ``/metrics`` is scraped, in a child process of the service
+  (:mod:`hdb_mlops.monitoring.window_stats`);
 * the prediction log (:class:`~hdb_mlops.monitoring.predlog.PredictionLog`, sqlite) and
   ``POST /feedback`` (:mod:`hdb_mlops.monitoring.feedback`): actual prices matched with logged
   predictions, their APE in ``hdb_prediction_absolute_percentage_error``.
@@ -86,7 +87,7 @@ def create_monitored_app(
         raise ValueError(f"feedback_grace_s must be 0 or more, not {feedback_grace_s}")
     app = create_app(model_ref, **create_app_kwargs)
     registry = app.state.metrics.registry
-    window = DriftWindow(drift_window)
+    window = DriftWindow(drift_window, statistics_process=True)
     app.state.observers.add(window)
     registry.register(window)
     app.state.drift = window
@@ -125,4 +126,5 @@ def app_from_env() -> FastAPI:
         max_batch=int(os.environ.get(MAX_BATCH_ENV) or DEFAULT_MAX_BATCH),
         fast_path=fast_path_from_env(),
         body_timeout=body_timeout_from_env(),
+        tune_process=True,
     )

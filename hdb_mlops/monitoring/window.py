@@ -10,8 +10,10 @@ engine's own feature builder (the XGBoost fast path's
 ``model.features(records_frame(rows))``: the function the reference profile was made with),
 and writes them into numpy ring buffers of the last ``size`` rows. A scrape of ``/metrics`` (in
 the thread pool, never on the event loop) featurises what is left and computes the statistics
-of :mod:`hdb_mlops.monitoring.drift`. The result is cached for ``max_age_s`` (1 s), so scrapes
-from several Prometheus servers cost one computation.
+of :mod:`hdb_mlops.monitoring.drift` (:mod:`hdb_mlops.monitoring.window_stats`; in the
+service, in a child process, so that they do not hold the event loop's interpreter lock).
+The result is cached for ``max_age_s`` (1 s), so scrapes from several Prometheus servers cost
+one computation.
 
 Gauges (label ``feature``: a column of the profile, or ``prediction`` for predicted prices):
 ``hdb_drift_psi``, ``hdb_drift_ks_statistic`` and ``hdb_drift_ks_pvalue`` (numeric and
@@ -36,6 +38,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hdb_mlops.monitoring import drift
+from hdb_mlops.monitoring.window_stats import ReferenceData, StatisticsWorker, window_statistics
 from hdb_mlops.serving.request_schema import RecordBase
 from hdb_mlops.serving.served import ServedModel
 
@@ -105,6 +108,16 @@ class Reference:
         return ref
 
     @property
+    def data(self) -> ReferenceData:
+        """The profile parts the statistics need (picklable: for the statistics process)."""
+        return ReferenceData(
+            numeric=tuple((name, column, sample) for name, _, column, sample in self.numeric),
+            categorical=tuple((name, column, n) for name, _, column, _, n in self.categorical),
+            prediction=self.prediction,
+            prediction_sample=self.prediction_sample,
+        )
+
+    @property
     def needs_features(self) -> bool:
         """Whether any feature is compared (else only the predictions are)."""
         return bool(self.numeric or self.categorical)
@@ -142,13 +155,16 @@ def feature_matrix(model: ServedModel, records: Sequence[RecordBase]) -> np.ndar
 class DriftWindow(Collector):
     """The last ``size`` rows priced, and the drift gauges computed from them when scraped
     (see the module docstring). Thread-safe: rows arrive from the event loop and the thread
-    pool, scrapes run in the thread pool."""
+    pool, scrapes run in the thread pool. ``statistics_process``: compute the statistics in
+    a child process (:class:`~hdb_mlops.monitoring.window_stats.StatisticsWorker`; the
+    service does) rather than in this one."""
 
     def __init__(
         self,
         size: int = DEFAULT_WINDOW,
         max_age_s: float = DEFAULT_MAX_AGE_S,
         drain_every_s: float | None = DEFAULT_DRAIN_S,
+        statistics_process: bool = False,
     ):
         if size < 1:
             raise ValueError(f"the drift window must hold at least 1 row, not {size}")
@@ -162,6 +178,8 @@ class DriftWindow(Collector):
         self._pending: deque[tuple[ServedModel, Sequence[RecordBase], list[float]]] = deque()
         self._pending_rows = 0
         self._ref: Reference | None = None
+        self._ref_data: ReferenceData | None = None
+        self._worker = StatisticsWorker() if statistics_process else None
         self._cache: tuple[float, list[GaugeMetricFamily]] | None = None
         self._reset_buffers(0, 0)
 
@@ -203,6 +221,7 @@ class DriftWindow(Collector):
                 self._pending.clear()
                 self._pending_rows = 0
             self._ref = ref
+            self._ref_data = ref.data
             self._reset_buffers(len(ref.numeric), len(ref.categorical))
             self._cache = None
         if self.drain_every_s and self._drainer is None:
@@ -210,12 +229,17 @@ class DriftWindow(Collector):
                 target=self._drain_forever, name="hdb-drift-drainer", daemon=True
             )
             self._drainer.start()
+        if self._worker is not None:
+            self._worker.start()  # the child imports scipy now, not at the first scrape
 
     def close(self) -> None:
-        """Stop the background featuriser (the service calls it at shutdown)."""
+        """Stop the background featuriser and the statistics process (the service calls it
+        at shutdown)."""
         self._stop.set()
         if self._drainer is not None:
             self._drainer.join(timeout=5)
+        if self._worker is not None:
+            self._worker.close()
 
     def _drain_forever(self) -> None:
         """Featurise the queued rows every ``drain_every_s``: the work is spread over time in
@@ -292,38 +316,13 @@ class DriftWindow(Collector):
             return self._statistics()
 
     def _statistics(self) -> list[dict[str, Any]]:
-        ref, n = self._ref, self._rows
+        ref, n = self._ref_data, self._rows
         if ref is None or n == 0:
             return []
-        out = []
-        for k, (name, _, column, sample) in enumerate(ref.numeric):
-            out.append(_numeric_stats(name, "numeric", self._numeric[:n, k], column, sample))
-            time.sleep(0)  # let the event loop's thread have the GIL between features
-        for k, (name, _, column, _, n_bins) in enumerate(ref.categorical):
-            codes = self._codes[:n, k]
-            counts = np.bincount(codes[codes >= 0], minlength=n_bins).astype("float64")
-            out.append(
-                {
-                    "feature": name,
-                    "kind": "categorical",
-                    "psi": drift.categorical_psi(counts, column),
-                    "ks_statistic": None,
-                    "ks_pvalue": None,
-                    "chi2_pvalue": drift.chi2_pvalue(counts, column),
-                }
-            )
-            time.sleep(0)
-        if ref.prediction is not None:
-            out.append(
-                _numeric_stats(
-                    "prediction",
-                    "prediction",
-                    self._prices[:n],
-                    ref.prediction,
-                    ref.prediction_sample,
-                )
-            )
-        return out
+        arrays = (self._numeric[:n], self._codes[:n], self._prices[:n])
+        if self._worker is not None:
+            return self._worker.compute(ref, *arrays)
+        return window_statistics(ref, *arrays)
 
     @property
     def rows(self) -> int:
@@ -370,17 +369,3 @@ class DriftWindow(Collector):
         window.add_metric([], float(rows))
         out.append(window)
         return out
-
-
-def _numeric_stats(
-    name: str, kind: str, values: np.ndarray, column: dict[str, Any], sample: np.ndarray | None
-) -> dict[str, Any]:
-    ks = drift.ks_test(values, sample) if sample is not None else None
-    return {
-        "feature": name,
-        "kind": kind,
-        "psi": drift.numeric_psi(values, column),
-        "ks_statistic": ks[0] if ks else None,
-        "ks_pvalue": ks[1] if ks else None,
-        "chi2_pvalue": None,
-    }

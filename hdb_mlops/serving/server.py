@@ -127,6 +127,7 @@ def serve(
             max_batch=max_batch,
             fast_path=fast_path_from_env(),
             body_timeout=body_timeout,
+            tune_process=True,
             **(app_options or {}),
         )
         uvicorn.run(app, **options)
