@@ -15,6 +15,7 @@ the next one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -171,18 +172,22 @@ class StatisticsWorker:
                     if self._failures < MAX_FAILURES
                     else f"; {MAX_FAILURES} failures in a row: from now on always",
                 )
-                self._stop(proc)
+                self._stop(proc, kill=True)  # it failed: no grace period
             self.fallbacks += 1
             return window_statistics(ref, numeric, codes, prices)
 
-    def _stop(self, proc: subprocess.Popen | None) -> None:
+    def _stop(self, proc: subprocess.Popen | None, kill: bool = False) -> None:
         if proc is None:
             return
         if self._proc is proc:
             self._proc = None
+        if kill:
+            proc.kill()
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
-                stream.close()
+                # a pipe the dead child broke can still hold part of a job: closing raises
+                with contextlib.suppress(OSError):
+                    stream.close()
         try:
             proc.wait(timeout=5)  # EOF on its stdin: it exits
         except subprocess.TimeoutExpired:
