@@ -179,10 +179,9 @@ def prepare(method: str, path: str, body: bytes | None = None) -> bytes:
 
 async def open_loop(port: int, requests: list[bytes], rate: float, seconds: float) -> dict:
     """Send ``rate`` requests per second for ``seconds`` (cycling through ``requests``);
-    latencies in ms from each request's scheduled time (``timeline``: each one's scheduled
-    second and latency). The generator's own garbage collector is off meanwhile: a full
-    collection of this process takes 100-200 ms, and each request it delays would be charged
-    to the service."""
+    latencies in ms from each request's scheduled time. The generator's own garbage
+    collector is off meanwhile: a full collection of this process takes 100-200 ms, and each
+    request it delays would be charged to the service."""
     gc.collect()
     gc.freeze()
     gc_was_on = gc.isenabled()
@@ -198,7 +197,6 @@ async def open_loop(port: int, requests: list[bytes], rate: float, seconds: floa
 async def _open_loop(port: int, requests: list[bytes], rate: float, seconds: float) -> dict:
     idle: list[Connection] = [await Connection.open(port) for _ in range(4)]
     latencies: list[float] = []
-    timeline: list[tuple[float, float]] = []
     errors = 0
     n = int(rate * seconds)
     interval = 1.0 / rate
@@ -231,7 +229,6 @@ async def _open_loop(port: int, requests: list[bytes], rate: float, seconds: flo
                 conn.close()
                 return
         latencies.append((loop.time() - scheduled) * 1000)
-        timeline.append((scheduled - start, latencies[-1]))
         if status != 200:
             errors += 1
             bad_statuses.append(status)
@@ -249,7 +246,6 @@ async def _open_loop(port: int, requests: list[bytes], rate: float, seconds: flo
         conn.close()
     return {
         "latencies": latencies,
-        "timeline": timeline,
         "errors": errors,
         "reconnects": reconnects,
         "bad_statuses": bad_statuses,
