@@ -21,6 +21,10 @@ CALIBRATION_FILE = RESOURCES_DIR / "calibration.json"
 #: Environment variable naming a folder with the real data.gov.sg resale files.
 REAL_DATA_ENV = "HDB_MLOPS_REAL_DATA"
 DEFAULT_SEED = 42
+#: Median single-row latency a candidate must keep to pass the promotion gate's sanity check
+#: (``hdb-mlops train --promote``, ``hdb-mlops model promote`` and ``registry.promote`` alike).
+#: Generous: it catches a model that is broken or far too big, not a slow or busy laptop.
+GATE_LATENCY_BUDGET_MS = 250.0
 
 
 def data_dir() -> Path:

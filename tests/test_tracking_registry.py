@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hdb_mlops.config import GATE_LATENCY_BUDGET_MS
 from hdb_mlops.data import storage
 from hdb_mlops.model.bundle import (
     IntegrityError,
@@ -281,7 +282,7 @@ def test_register_and_promotion_gate(store, data, tmp_path):
     assert (
         d1.promoted and d1.champion_mape is None and d1.checks["finite"] and d1.checks["positive"]
     )
-    assert d1.checks["latency_ms"] < 50
+    assert 0 < d1.checks["latency_ms"] <= d1.checks["latency_budget_ms"] == GATE_LATENCY_BUDGET_MS
     assert registry.load("champion", name=name).metadata["model_name"] == "median_ppsm"
 
     stale = train_log_register(

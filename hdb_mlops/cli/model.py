@@ -263,7 +263,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--margin", type=non_negative_float, default=0.1, help="MAPE points to beat the champion"
     )
     p.add_argument(
-        "--latency-budget-ms", type=positive_float, default=50.0, help="single-row latency limit"
+        "--latency-budget-ms",
+        type=positive_float,
+        default=config.GATE_LATENCY_BUDGET_MS,
+        help="median single-row latency limit of the gate's sanity check (default: %(default)g)",
     )
     _add_name_argument(p)
     p.set_defaults(func=cmd_model_promote)

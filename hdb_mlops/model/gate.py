@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from hdb_mlops import config
 from hdb_mlops.model import registry, tracking
 from hdb_mlops.model.bundle import Bundle, BundleError
 from hdb_mlops.model.registry import CHALLENGER, CHAMPION, DEFAULT_NAME
@@ -152,7 +153,7 @@ def promote(
     window: pd.DataFrame,
     *,
     margin: float = 0.1,
-    latency_budget_ms: float = 50.0,
+    latency_budget_ms: float = config.GATE_LATENCY_BUDGET_MS,
     name: str = DEFAULT_NAME,
 ) -> GateDecision:
     """Run the promotion gate for version ``candidate`` on ``window`` (recent transactions

@@ -25,9 +25,7 @@ from hdb_mlops.model.models import DEFAULT_XGB_PARAMS, PriceModel, make_model
 log = logging.getLogger(__name__)
 
 DEFAULT_GATE_MONTHS = 3
-#: Single-row latency a model must keep to pass the gate's sanity check. Generous: it catches
-#: a model that is broken or far too big, not a slow laptop.
-DEFAULT_LATENCY_BUDGET_MS = 250.0
+DEFAULT_LATENCY_BUDGET_MS = config.GATE_LATENCY_BUDGET_MS
 #: Months at the end of the training window that the drift reference profile describes: the
 #: market the model will meet next. Over the whole window, features that age with the calendar
 #: (flat age, remaining lease) would drift on the first day of serving, whatever the data.
