@@ -38,6 +38,18 @@ def test_the_same_figure_from_another_cpu_prints_the_same():
     assert a.to_string() == b.to_string()
 
 
+def test_an_answer_is_shown_the_same_on_two_cpus_and_a_blank_one_as_it_is():
+    # the pair chapter 5B's exercise printed on two machines (numpy's summation order)
+    here, there = (7.025147365667232, 42.13392496974587), (7.025147365667234, 42.13392496974587)
+    assert repr(tables.shown(here)) == repr(tables.shown(there)) == "(7.03, 42.13)"
+    assert repr(tables.shown(np.float64(29.883139534119433))) == "29.88"
+    assert tables.shown([0.03736072009151105], places=4) == [0.0374]
+    # a blank workbook's answer, counts and flags pass through
+    assert tables.shown(...) is Ellipsis and tables.shown(None) is None
+    assert tables.shown(True) is True and tables.shown(np.int64(4958)) == 4958
+    assert repr(tables.shown(float("nan"))) == "nan"
+
+
 def test_group_table_hides_groups_too_small_to_rank():
     by = pd.DataFrame(
         {"mape": [6.9, 15.96, 7.3], "within_5": [42.0, 0.0, 40.0], "within_10": [75.0, 0, 70.0],
