@@ -57,7 +57,7 @@ lock:
 	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 -o requirements.lock
 
 workbooks: setup
-	$(BIN)/hdb-mlops workbook build --check $(ARGS)
+	$(BIN)/hdb-mlops workbook build --check --jobs 2 $(ARGS)
 
 sample: setup
 	$(BIN)/hdb-mlops data sample --out data/sample

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -193,6 +195,31 @@ def test_a_self_check_below_100_percent_writes_nothing(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_with_jobs_the_self_checks_overlap_and_one_failure_still_writes_nothing(
+    monkeypatch, tmp_path
+):
+    masters = tmp_path / "masters"
+    masters.mkdir()
+    for name in ("00_toy", "01_toy"):
+        shutil.copy(TOY, masters / f"{name}.ipynb")
+    running, overlapped = [], []
+
+    def slow(notebook, autograder, *, timeout):  # otter run's place: a process per chapter
+        running.append(notebook.stem)
+        time.sleep(0.5)
+        overlapped.append(len(running))
+        running.remove(notebook.stem)
+        full = notebook.stem == "00_toy"
+        scores = {"q1_mape": (2.0 if full else 0.0, 2.0), "q2_within": (2.0, 2.0)}
+        return grading.Grade("graded", "", scores, {})
+
+    monkeypatch.setattr(workbook, "grade", slow)
+    masters_list = sorted(masters.glob("*.ipynb"))
+    with pytest.raises(WorkbookError, match=r"01_toy: the solutions score q1_mape 0/2"):
+        build(masters_list, tmp_path / "out", run_tests=True, jobs=2)
+    assert 2 in overlapped and not (tmp_path / "out").exists()
+
+
 def test_a_master_otter_refuses_is_one_line_naming_it(tmp_path):
     broken = TOY.read_text().replace("points: 2", "points: [oops", 1)
     master = tmp_path / "00_toy.ipynb"
@@ -358,6 +385,7 @@ def test_cli_build_prints_what_it_wrote(tmp_path, capsys):
         (["check", "{tmp}/nope.ipynb"], "no such file or folder"),
         (["check", "{tmp}", "--jobs", "0"], "not a positive whole number"),
         (["build", "zz"], "no notebook matches zz"),
+        (["build", "--jobs", "0"], "not a positive whole number"),
     ],
 )
 def test_cli_usage_errors_are_one_line_with_status_2(built, tmp_path, capsys, argv, message):
@@ -405,7 +433,10 @@ def test_grader_check_in_the_workbook_shows_the_hint(built, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_the_chapter_workbooks_build_and_run_end_to_end(tmp_path):
-    import papermill
+    """Every chapter's workbook as a trainer makes it (``workbook build --check --jobs 2``: the
+    solutions score 100%) and as a learner first runs it: blank, top to bottom, with no error,
+    and every check showing a hint. Two chapters at a time, as on a 2-core laptop."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from hdb_mlops.course.pipeline import ensure_kernel, list_notebooks
 
@@ -415,29 +446,30 @@ def test_the_chapter_workbooks_build_and_run_end_to_end(tmp_path):
     ensure_kernel()
     out = tmp_path / "workbooks"  # one level below tmp_path, like notebooks/ in the checkout
     (tmp_path / "executed").mkdir()
-    failures = []
+    # run_tests: otter grades the masters' solutions and refuses anything below 100%
+    records = build(masters, out, run_tests=True, timeout=900, jobs=2)
+    assert [r.chapter for r in records] == [m.stem for m in masters]
+
+    def run_blank(record: workbook.Workbook) -> tuple[Path, str | None]:
+        executed = tmp_path / "executed" / record.student.name
+        argv = [sys.executable, "-m", "papermill", str(record.student), str(executed)]
+        argv += ["--cwd", str(out), "-k", "python3", "--no-progress-bar"]
+        argv += ["--execution-timeout", "900"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+        failure = None
+        if done.returncode != 0:
+            failure = f"{record.chapter}: papermill exit {done.returncode}: {done.stderr[-800:]}"
+        return executed, failure
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(run_blank, records))
+    assert [f for _, f in runs if f] == []
     passed_blank = []
-    for master in masters:
-        try:
-            # run_tests: otter grades the master's solutions and refuses anything below 100%
-            [record] = build([master], out, run_tests=True, timeout=900)
-            executed = tmp_path / "executed" / record.student.name
-            papermill.execute_notebook(
-                str(record.student),
-                str(executed),
-                cwd=str(out),
-                kernel_name="python3",
-                progress_bar=False,
-                execution_timeout=900,
-            )
-        except Exception as exc:
-            failures.append(f"{master.name}: {type(exc).__name__}: {str(exc).strip()[-500:]}")
-            continue
+    for executed, _ in runs:
         # a blank workbook passes none of its checks: each grader.check shows a hint
         for cell in json.loads(executed.read_text())["cells"]:
             if cell["cell_type"] == "code" and "grader.check(" in "".join(cell["source"]):
                 text = json.dumps(cell.get("outputs", []))
                 if "All test cases passed" in text or "Hint" not in text:
-                    passed_blank.append(f"{master.name}: {''.join(cell['source'])}")
-    assert failures == []
+                    passed_blank.append(f"{executed.stem}: {''.join(cell['source'])}")
     assert passed_blank == [], "blank answers must fail their checks, with a hint"

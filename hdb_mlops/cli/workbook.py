@@ -59,7 +59,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     except PipelineError as exc:
         raise UsageError(f"argument NAME: {exc}") from None
     _require_otter()
-    records = build(masters, args.out, run_tests=args.check, timeout=args.timeout, force=args.force)
+    records = build(
+        masters,
+        args.out,
+        run_tests=args.check,
+        timeout=args.timeout,
+        force=args.force,
+        jobs=args.jobs,
+    )
     if args.json:
         print_json([r.to_dict() for r in records])
         return 0
@@ -179,6 +186,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_TIMEOUT,
         metavar="S",
         help="seconds per notebook for --check (default: %(default)g)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="chapters whose solutions --check grades at once (default: %(default)s)",
     )
     p.add_argument(
         "--force", action="store_true", help="overwrite workbooks edited since they were built"

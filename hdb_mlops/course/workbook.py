@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,7 @@ def build(
     run_tests: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     force: bool = False,
+    jobs: int = 1,
 ) -> list[Workbook]:
     """Build the learner workbook and the autograder of every chapter that is an otter master.
 
@@ -233,9 +235,10 @@ def build(
     (:func:`hdb_mlops.course.pipeline.list_notebooks`); those without a ``# ASSIGNMENT CONFIG``
     cell are returned as ``skipped``. Writes ``out/<chapter>.ipynb`` and
     ``out/autograder/<chapter>.zip`` (same masters, same bytes). With ``run_tests``, each
-    chapter's solutions are first graded with its autograder (``timeout`` seconds each) and
-    nothing is written unless they all score 100%. A workbook edited since it was built is
-    kept, with a :class:`WorkbookError`, unless ``force``.
+    chapter's solutions are first graded with its autograder (``timeout`` seconds each,
+    ``jobs`` chapters at once, each in its own ``otter run`` process) and nothing is written
+    unless they all score 100%. A workbook edited since it was built is kept, with a
+    :class:`WorkbookError`, unless ``force``.
     """
     if masters is None:
         from hdb_mlops.course.pipeline import list_notebooks
@@ -267,7 +270,10 @@ def build(
             student = _student_bytes(dist / "student" / master.name, master)
             built.append((master, dist, zip_path, student))
         if run_tests:
-            problems = [_self_check(m, d, z, timeout) for m, d, z, _ in built]
+            # otter assign (above) works in this process and changes its directory, so it
+            # runs one master at a time; the gradings are separate processes and can overlap
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                problems = list(pool.map(lambda b: _self_check(b[0], b[1], b[2], timeout), built))
             if problems := [p for p in problems if p]:
                 raise WorkbookError("self-check failed, nothing written: " + "; ".join(problems))
         for master, _, _, student in built:  # check them all before writing any
