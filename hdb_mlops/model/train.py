@@ -25,7 +25,6 @@ from hdb_mlops.model.models import DEFAULT_XGB_PARAMS, PriceModel, make_model
 log = logging.getLogger(__name__)
 
 DEFAULT_GATE_MONTHS = 3
-DEFAULT_LATENCY_BUDGET_MS = config.GATE_LATENCY_BUDGET_MS
 #: Months at the end of the training window that the drift reference profile describes: the
 #: market the model will meet next. Over the whole window, features that age with the calendar
 #: (flat age, remaining lease) would drift on the first day of serving, whatever the data.
@@ -88,7 +87,7 @@ def publish(
     track: bool = True,
     register: bool = True,
     margin: float = 0.1,
-    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS,
+    latency_budget_ms: float = config.GATE_LATENCY_BUDGET_MS,
     params: dict[str, Any] | None = None,
     figures: dict[str, Any] | None = None,
 ) -> TrainResult:
@@ -155,7 +154,7 @@ def train(
     track: bool = True,
     register: bool = True,
     margin: float = 0.1,
-    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS,
+    latency_budget_ms: float = config.GATE_LATENCY_BUDGET_MS,
     figures: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Split at ``cutoff`` (default: three months before the latest), optionally tune, fit,
